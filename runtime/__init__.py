@@ -1,0 +1,1 @@
+"""Torch-free inference: pre/post-processing and engine runners (numpy + TensorRT / ONNX Runtime)."""

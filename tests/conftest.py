@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny backbones and one demo-sized training run, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones():
+    from ssprompt.train.backbones import load_backbones
+
+    return load_backbones("tiny", "tiny")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from ssprompt.train.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, synthetic_root):
+    """The demo's training settings on the synthetic data: (summary, pack path, cache dir)."""
+    from ssprompt.train.cli import DEMO_SETTINGS
+    from ssprompt.train.config import ModelConfig, TrainConfig
+    from ssprompt.train.pipeline import train_pack
+
+    work = tmp_path_factory.mktemp("demo")
+    s = DEMO_SETTINGS
+    config = TrainConfig(
+        data=str(synthetic_root), split="train", val_split="val", shots=s["shots"], epochs=s["epochs"],
+        optimizer=s["optimizer"], lr=s["lr"], short_side=s["short_side"], cache_dir=str(work / "cache"),
+    )
+    summary = train_pack(ModelConfig(num_prompts=s["num_prompts"]), config, work / "pack.pt", progress=False,
+                         weights_plot=work / "weights.png", log=lambda *_: None)
+    return summary, work / "pack.pt", work / "cache"

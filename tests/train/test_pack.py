@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from ssprompt.train.pack import PACK_FORMAT_VERSION, PackError, load_pack, save_pack
+
+
+@pytest.fixture
+def pack(demo_run):
+    return load_pack(demo_run[1])
+
+
+def test_pack_round_trips_with_weights_only(demo_run, tmp_path, pack):
+    copy = tmp_path / "copy.pt"
+    save_pack(pack, copy)
+    again = torch.load(copy, map_location="cpu", weights_only=True)
+    assert torch.equal(again["fused_spatial"], pack["fused_spatial"])
+    assert again["class_names"] == ["background", "red disc", "green square", "blue triangle"]
+    assert again["format_version"] == PACK_FORMAT_VERSION
+
+
+def test_pack_fused_prompts_match_its_raw_learnables(pack):
+    w = torch.sigmoid(pack["semantic_logit"])[:, None]
+    torch.testing.assert_close(pack["fused_semantic"], w * pack["learned_semantic"] + (1 - w) * pack["default_semantic"])
+
+
+def test_truncated_pack_is_refused(demo_run, tmp_path):
+    data = demo_run[1].read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackError, match="cut.pt: not a readable pack"):
+        load_pack(cut)
+
+
+def test_wrong_shapes_are_refused(pack, tmp_path):
+    bad = dict(pack, spatial_logit=torch.zeros(3))
+    save_pack(bad, tmp_path / "bad.pt")
+    with pytest.raises(PackError, match=r"spatial_logit has shape \(3,\), expected \(64,\)"):
+        load_pack(tmp_path / "bad.pt")
+
+
+def test_wrong_format_version_is_refused(pack, tmp_path):
+    save_pack(dict(pack, format_version=99), tmp_path / "v99.pt")
+    with pytest.raises(PackError, match="format version 99"):
+        load_pack(tmp_path / "v99.pt")
+
+
+class Payload:
+    """A class outside weights_only's allow-list: stands in for a malicious pickle."""
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    torch.save({"format": "ssprompt.pack", "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(PackError, match="not a readable pack"):
+        load_pack(tmp_path / "evil.pt")

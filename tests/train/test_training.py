@@ -1,0 +1,133 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ssprompt.train.cache import FeatureCache
+from ssprompt.train.cli import eval_command, train_command
+from ssprompt.train.config import ModelConfig, TrainConfig
+from ssprompt.train.data import open_folder, sample_k_shot
+from ssprompt.train.model import SSPrompt
+from ssprompt.train.pipeline import train_pack
+from ssprompt.train import trainer
+from ssprompt.train.trainer import encode_folder, encoder_identity, train_prompts
+
+
+@pytest.fixture(scope="module")
+def small_setup(tiny_backbones, synthetic_root, tmp_path_factory):
+    folder = open_folder(synthetic_root, "train")
+    model = SSPrompt(tiny_backbones, folder.class_names, ModelConfig(num_prompts=16))
+    cache = FeatureCache(tmp_path_factory.mktemp("cache"), encoder_identity(model, tiny_backbones))
+    items = encode_folder(model, folder, sample_k_shot(folder, 1), cache, short_side=0, flips=(False, True), progress=False)
+    return model, items
+
+
+def _config(**kw):
+    return TrainConfig(**{"epochs": 2, "batch_size": 2, "optimizer": "adamw", "lr": 2e-2, "short_side": 0, **kw})
+
+
+def test_training_changes_only_the_four_learnables(small_setup, tiny_backbones):
+    model, items = small_setup
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if k not in SSPrompt.learnable_names}
+    learn_before = {n: getattr(model, n).detach().clone() for n in SSPrompt.learnable_names}
+    train_prompts(model, items, _config(), progress=False)
+    for name, value in model.state_dict().items():
+        if name not in SSPrompt.learnable_names:
+            assert torch.equal(value, frozen_before[name]), name
+    for name in SSPrompt.learnable_names:
+        assert not torch.equal(getattr(model, name), learn_before[name]), name
+    weights = torch.sigmoid(torch.cat([model.spatial_logit, model.semantic_logit]))
+    assert ((weights >= 0) & (weights <= 1)).all()
+
+
+def test_interrupted_training_resumes_to_the_same_prompts(tiny_backbones, small_setup, tmp_path, monkeypatch):
+    model, items = small_setup
+    start = {n: getattr(model, n).detach().clone() for n in SSPrompt.learnable_names}
+
+    def reset():
+        with torch.no_grad():
+            for n in SSPrompt.learnable_names:
+                getattr(model, n).copy_(start[n])
+
+    reset()
+    uninterrupted = train_prompts(model, items, _config(epochs=6), progress=False)
+    assert uninterrupted.steps >= 6
+    expected = {n: getattr(model, n).detach().clone() for n in SSPrompt.learnable_names}
+
+    reset()
+    real_loss, calls = trainer.segmentation_loss, {"n": 0}
+
+    def failing_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "segmentation_loss", failing_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train_prompts(model, items, _config(epochs=6, checkpoint_every=1), checkpoint_path=tmp_path / "run.ckpt", progress=False)
+    monkeypatch.setattr(trainer, "segmentation_loss", real_loss)
+
+    reset()  # a fresh process would start from the defaults too
+    resumed = train_prompts(model, items, _config(epochs=6, checkpoint_every=1), checkpoint_path=tmp_path / "run.ckpt", progress=False)
+    assert resumed.resumed_from == 3
+    assert len(resumed.losses) == uninterrupted.steps - 3
+    for n in SSPrompt.learnable_names:
+        torch.testing.assert_close(getattr(model, n), expected[n])
+
+
+def test_learned_prompts_beat_default_prompts_on_held_out_data(demo_run):
+    summary, _, _ = demo_run
+    assert summary["after"]["miou"] > summary["before"]["miou"] + 0.05
+    assert summary["final_loss"] < summary["first_loss"]
+
+
+def test_ssp_eval_reports_learned_and_default_miou_as_json(demo_run, synthetic_root):
+    summary, pack, cache = demo_run
+    runner = CliRunner()
+    args = ["--prompts", str(pack), "--data", str(synthetic_root), "--split", "val", "--cache-dir", str(cache), "--json"]
+    learned = json.loads(runner.invoke(eval_command, args, catch_exceptions=False).output)
+    default = json.loads(runner.invoke(eval_command, args + ["--default-prompts"], catch_exceptions=False).output)
+    assert learned["miou"] == pytest.approx(summary["after"]["miou"])
+    assert default["miou"] == pytest.approx(summary["before"]["miou"])
+    assert set(learned["per_class"]) == {"background", "red disc", "green square", "blue triangle"}
+
+
+def test_second_run_reads_every_encoder_output_from_the_cache(demo_run, synthetic_root, tmp_path):
+    _, _, cache = demo_run
+    config = TrainConfig(data=str(synthetic_root), split="train", val_split="val", shots=4, epochs=1,
+                         optimizer="adamw", lr=2e-2, short_side=0, cache_dir=str(cache))
+    summary = train_pack(ModelConfig(num_prompts=64), config, tmp_path / "again.pt", progress=False, log=lambda *_: None)
+    assert summary["cache_misses"] == 0
+    assert summary["cache_hits"] == 2 * summary["images"] + 16  # both flips of each shot, then the val split
+
+
+def test_weights_plot_is_a_png(demo_run):
+    plot = demo_run[1].parent / "weights.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ssp_train_bad_folder_is_one_line_and_nonzero(tmp_path):
+    (tmp_path / "images").mkdir()
+    result = CliRunner().invoke(train_command, ["--data", str(tmp_path), "--out", str(tmp_path / "p.pt")])
+    assert result.exit_code != 0
+    assert "classes.txt" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "p.pt").exists()
+
+
+def test_ssp_train_refuses_to_overwrite_without_force(tmp_path, synthetic_root):
+    (tmp_path / "p.pt").write_bytes(b"keep")
+    result = CliRunner().invoke(train_command, ["--data", str(synthetic_root), "--split", "train", "--out", str(tmp_path / "p.pt")])
+    assert result.exit_code != 0 and "--force" in result.output
+    assert (tmp_path / "p.pt").read_bytes() == b"keep"
+
+
+def test_ssp_eval_refuses_a_pack_whose_backbone_differs(demo_run, synthetic_root, tmp_path):
+    from ssprompt.train.pack import load_pack, save_pack
+
+    pack = load_pack(demo_run[1])
+    pack["backbones"] = dict(pack["backbones"], sam_sha256="0" * 64)
+    save_pack(pack, tmp_path / "other.pt")
+    result = CliRunner().invoke(eval_command, ["--prompts", str(tmp_path / "other.pt"), "--data", str(synthetic_root), "--split", "val"])
+    assert result.exit_code != 0 and "SAM weights" in result.output and "differ from the pack's" in result.output

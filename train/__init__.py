@@ -1,0 +1,1 @@
+"""SSPrompt training: learnable prompts for a frozen SAM + CLIP."""

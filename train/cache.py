@@ -1,0 +1,62 @@
+"""On-disk cache of frozen-encoder outputs, keyed by image content, flip and backbones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["FeatureCache", "default_cache_dir"]
+
+_CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SSPROMPT_CACHE", Path.home() / ".cache" / "ssprompt"))
+
+
+class FeatureCache:
+    """SAM image embeddings and dense CLIP features, one file per (image, flip).
+
+    Entries live under `directory/<encoder key>/`, where the encoder key digests every
+    input the encoders' output depends on besides the image: backbone weights, input
+    sizes and padding. A changed backbone therefore never reads a stale entry.
+    """
+
+    def __init__(self, directory: str | Path, encoder_identity: dict) -> None:
+        identity = json.dumps({"format": _CACHE_FORMAT, **encoder_identity}, sort_keys=True)
+        self.directory = Path(directory) / hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, image_path: str | Path, flip: bool) -> str:
+        digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
+        return f"{digest}-{'flip' if flip else 'orig'}"
+
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        path = self.directory / f"{key}.pt"
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged entry is recomputed, not fatal
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def save(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({k: v.detach().cpu().contiguous() for k, v in entry.items()}, tmp)
+            os.replace(tmp, self.directory / f"{key}.pt")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -1,0 +1,65 @@
+"""Configs of the model and of a training run; both are saved inside the pack as plain dicts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["ModelConfig", "TrainConfig", "config_from_dict"]
+
+
+@dataclass
+class ModelConfig:
+    sam: str = "tiny"  # SAM architecture: tiny, vit_b, vit_l, vit_h
+    sam_checkpoint: str | None = None  # segment-anything checkpoint file (not needed for tiny)
+    clip: str = "tiny"  # open_clip model name, or tiny
+    clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (not needed for tiny)
+    random_weights: bool = False  # allow full-size backbones without weights (benchmarks, export tests)
+    num_prompts: int = 100  # N spatial prompts, one per point of a sqrt(N) x sqrt(N) grid
+    clip_grid: int = 0  # side of the dense CLIP feature grid; 0 = auto (about 2x CLIP's native grid)
+    learn_spatial: bool = True  # ablation: learn the spatial prompts and their weights
+    learn_semantic: bool = True  # ablation: learn the semantic prompts and their weights
+    learn_weights: bool = True  # ablation: False keeps every fusion weight at sigmoid(0) = 0.5
+    decoder_chunk: int = 25  # prompts per mask-decoder call; bounds activation memory
+
+    def __post_init__(self) -> None:
+        side = math.isqrt(self.num_prompts)
+        if self.num_prompts < 1 or side * side != self.num_prompts:
+            raise ValueError(f"num_prompts must be a perfect square (a point grid), got {self.num_prompts}")
+        if self.decoder_chunk < 1:
+            raise ValueError(f"decoder_chunk must be positive, got {self.decoder_chunk}")
+
+    @property
+    def grid_side(self) -> int:
+        return math.isqrt(self.num_prompts)
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # dataset folder
+    split: str | None = "train"  # split folder to sample the k shots from
+    val_split: str | None = None  # held-out split evaluated before and after training
+    void: int = 255  # label value ignored in loss and metrics
+    shots: int = 4  # k labelled images per class
+    seed: int = 0  # k-shot sampling, flips and batch order
+    epochs: int = 30  # passes over the k-shot set (each image with a random flip)
+    batch_size: int = 2  # images per step
+    optimizer: str = "sgd"  # sgd (paper) or adamw (scale-free steps; suits tiny random backbones)
+    lr: float = 1e-3  # learning rate (paper: SGD at 1e-3)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay (paper: 1e-4)
+    poly_power: float = 0.9  # lr = lr0 * (1 - step / steps) ** power
+    short_side: int = 512  # labels are resized (nearest) so their shorter side is this (paper: 512)
+    flip: bool = True  # random horizontal flip (paper)
+    cache_dir: str = ""  # where frozen-encoder features are cached; "" = ~/.cache/ssprompt
+    checkpoint_every: int = 50  # steps between resumable checkpoints
+
+
+def config_from_dict(cls, values: dict):
+    """Rebuild a config dataclass from a saved dict, ignoring keys this version does not know."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def as_dict(config) -> dict:
+    return asdict(config)

@@ -1,0 +1,539 @@
+"""Labelled segmentation folders: discovery, validated reading, k-shot sampling.
+
+Three layouts are understood (see :func:`open_folder`): a flat folder with
+``classes.txt`` + ``images/`` + ``labels/``, the same split into ``<split>/``
+sub-folders, and Cityscapes as distributed (``leftImg8bit/`` + ``gtFine/``).
+Labels are single-channel images whose pixel value is the class index; one
+value (``void``) marks pixels ignored in losses and metrics.
+
+Only numpy, Pillow and tqdm are needed here, so the module imports without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+__all__ = [
+    "CITYSCAPES_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "DataError",
+    "Sample",
+    "SegmentationFolder",
+    "class_presence",
+    "open_folder",
+    "read_image",
+    "read_label",
+    "resize_label",
+    "sample_k_shot",
+    "short_side_size",
+]
+
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+)
+
+_CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
+_CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
+_EXIF_ORIENTATION = 0x0112
+_LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class DataError(ValueError):
+    """Bad input data.
+
+    ``str(err)`` is one line naming the offending file or folder and what is wrong.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.splitlines()))
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its label file."""
+
+    image: Path
+    label: Path
+
+
+@dataclass
+class SegmentationFolder:
+    """A validated list of samples and the class names they are labelled with.
+
+    ``split`` is the split that was opened (None for a flat folder) and
+    ``location`` the folder the samples come from, for messages; it defaults to
+    ``root``.
+    """
+
+    root: Path
+    class_names: list[str]
+    void: int
+    samples: list[Sample]
+    split: str | None = None
+    location: Path | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.location is None:
+            self.location = self.root
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C (label values 0..C-1 are classes)."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def open_folder(root: str | Path, split: str | None = None, void: int = 255) -> SegmentationFolder:
+    """Find the samples of a labelled segmentation folder and check its structure.
+
+    Layouts, tried in this order:
+
+    1. ``root/classes.txt`` with ``root/images`` and ``root/labels``;
+    2. ``root/classes.txt`` with ``root/<split>/images`` and ``root/<split>/labels``;
+    3. Cityscapes: ``root/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
+       ``root/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` (split defaults
+       to "train"; void is always 255).
+
+    Label contents (values, sizes) are checked later, by :func:`read_label`.
+
+    Arguments:
+        root: dataset folder.
+        split: split sub-folder to open; needed when ``root`` holds splits.
+        void: label value ignored in losses and metrics, in [C, 255].
+
+    Returns:
+        The folder, samples sorted by image stem.
+
+    Raises:
+        DataError: on a missing or malformed folder, classes.txt or label file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: dataset folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    classes_file = root / "classes.txt"
+    if not classes_file.is_file():
+        if (root / "leftImg8bit").is_dir():
+            return _open_cityscapes(root, split)
+        raise DataError(
+            f"{root}: missing classes.txt (expected {classes_file}, one class name a line)"
+        )
+
+    class_names = _read_classes(classes_file)
+    _check_void(void, class_names, classes_file)
+
+    if split is None:
+        if not (root / "images").is_dir():
+            splits = _split_folders(root)
+            if splits:
+                raise DataError(f"{root}: has splits {', '.join(splits)}; pick one with --split")
+            raise DataError(
+                f"{root}: no images folder (expected {root / 'images'} or {root}/<split>/images)"
+            )
+        location = root
+    else:
+        location = root / split
+        if not (location / "images").is_dir():
+            if (root / "images").is_dir():
+                raise DataError(
+                    f"{root}: has no split {split!r} (images/ and labels/ sit directly in it); "
+                    "drop --split"
+                )
+            splits = _split_folders(root)
+            found = f"splits found: {', '.join(splits)}" if splits else "no split folders found"
+            raise DataError(f"{location / 'images'}: split folder not found ({found})")
+
+    images_dir, labels_dir = location / "images", location / "labels"
+    if not labels_dir.is_dir():
+        raise DataError(f"{labels_dir}: labels folder not found (next to {images_dir})")
+    images = _list_images(images_dir)
+    if not images:
+        raise DataError(f"{images_dir}: no images found (extensions {_extensions_text()})")
+    # One directory listing instead of a stat per image; case-insensitive ".png".
+    labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
+    samples = []
+    for image in images:
+        label = labels.get(image.stem)
+        if label is None:
+            expected = labels_dir / f"{image.stem}.png"
+            raise DataError(f"{image}: image has no label (expected {expected})")
+        samples.append(Sample(image=image, label=label))
+    return SegmentationFolder(
+        root=root,
+        class_names=class_names,
+        void=void,
+        samples=samples,
+        split=split,
+        location=location,
+    )
+
+
+def _open_cityscapes(root: Path, split: str | None) -> SegmentationFolder:
+    split = "train" if split is None else split
+    images_root = root / "leftImg8bit" / split
+    labels_root = root / "gtFine" / split
+    if not images_root.is_dir():
+        splits = sorted(p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir())
+        found = f"splits found: {', '.join(splits)}" if splits else "no split folders found"
+        raise DataError(f"{images_root}: Cityscapes split folder not found ({found})")
+    if not labels_root.is_dir():
+        raise DataError(f"{labels_root}: Cityscapes label folder not found (gtFine/{split})")
+    images = [
+        p
+        for city in sorted(images_root.iterdir())
+        if city.is_dir()
+        for p in city.iterdir()
+        if p.is_file() and p.suffix.lower() == ".png" and p.stem.endswith(_CITYSCAPES_IMAGE_SUFFIX)
+    ]
+    if not images:
+        raise DataError(
+            f"{images_root}: no images found (expected <city>/*{_CITYSCAPES_IMAGE_SUFFIX}.png)"
+        )
+    images.sort(key=lambda p: (p.stem, str(p)))
+    samples = []
+    for image in images:
+        stem = image.stem[: -len(_CITYSCAPES_IMAGE_SUFFIX)]
+        label = labels_root / image.parent.name / (stem + _CITYSCAPES_LABEL_SUFFIX)
+        if not label.is_file():
+            raise DataError(f"{image}: image has no label (expected {label})")
+        samples.append(Sample(image=image, label=label))
+    return SegmentationFolder(
+        root=root,
+        class_names=list(CITYSCAPES_CLASSES),
+        void=255,
+        samples=samples,
+        split=split,
+        location=images_root,
+    )
+
+
+def _read_classes(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read classes ({_reason(err)})") from err
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"{path}: classes.txt is empty (expected one class name a line)")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: duplicate class name {name!r}")
+        seen.add(name)
+    return names
+
+
+def _check_void(void: int, class_names: list[str], classes_file: Path) -> None:
+    if not 0 <= void <= 255:
+        raise DataError(f"{classes_file}: void {void} is outside [0, 255]")
+    if void < len(class_names):
+        raise DataError(
+            f"{classes_file}: void {void} collides with class {void} ({class_names[void]!r}) "
+            f"of {len(class_names)} classes; void must be >= {len(class_names)}"
+        )
+
+
+def _split_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "images").is_dir())
+
+
+def _list_images(folder: Path) -> list[Path]:
+    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    images.sort(key=lambda p: (p.stem, p.name))
+    for first, second in zip(images, images[1:]):
+        if first.stem == second.stem:
+            raise DataError(
+                f"{second}: two images share the stem {first.stem!r} ({first.name}, {second.name})"
+            )
+    return images
+
+
+def _extensions_text() -> str:
+    return " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, UnidentifiedImageError):
+        return "cannot identify image file"
+    if isinstance(err, FileNotFoundError):
+        return "file not found"
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as 8-bit RGB, EXIF orientation applied.
+
+    Grayscale and palette images are expanded, alpha is dropped and 16-bit
+    images are scaled to 0..255 by their bit depth.
+
+    Arguments:
+        path: image file.
+
+    Returns:
+        (H, W, 3) uint8 RGB array, H and W after EXIF rotation.
+
+    Raises:
+        DataError: when the file cannot be read or decoded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im, path)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError) as err:
+        # Pillow raises SyntaxError for some malformed headers.
+        raise DataError(f"{path}: cannot read image ({_reason(err)})") from err
+
+
+def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
+    if im.mode == "RGB":
+        return np.array(im, dtype=np.uint8)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        np.clip(values, 0, None, out=values)
+        # I;16 is 16-bit by definition; "I" holds 16-bit data unless larger values say otherwise.
+        bits = max(16, int(values.max(initial=0)).bit_length())
+        gray = np.rint(values * (255.0 / float(2**bits - 1))).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode in ("P", "PA"):
+        # Through RGBA so a palette transparency entry does not trip Pillow's warning.
+        im = im.convert("RGBA")
+    try:
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+    except ValueError as err:
+        raise DataError(f"{path}: cannot read image (unsupported mode {im.mode})") from err
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, from the header only."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            # PngImageFile.getexif() decodes the whole image when the EXIF chunk is
+            # not in the header; such files are treated as unrotated.
+            exif_in_header = "exif" in im.info or "Raw profile type exif" in im.info
+            if im.format == "PNG" and not exif_in_header:
+                return width, height
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path}: cannot read image ({_reason(err)})") from err
+    if orientation in (5, 6, 7, 8):
+        return height, width
+    return width, height
+
+
+def read_label(sample: Sample, num_classes: int, void: int) -> np.ndarray:
+    """Read and validate the label of a sample.
+
+    Accepted modes: "L", "P" (raw palette indices, not colours), "I;16" and "I".
+    The label must have the size of the (EXIF-rotated) image, read from the
+    image header only.
+
+    Arguments:
+        sample: image and label paths.
+        num_classes: number of classes C.
+        void: the ignored label value.
+
+    Returns:
+        (H, W) uint8 array of class indices in [0, C) or ``void``.
+
+    Raises:
+        DataError: unreadable label, multi-channel label, size mismatch or
+            values outside [0, C) other than void.
+    """
+    path = sample.label
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in _LABEL_MODES:
+                if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"):
+                    raise DataError(
+                        f"{path}: label is {mode} (multi-channel); expected a single-channel PNG "
+                        "whose pixel values are class indices (mode L or P)"
+                    )
+                raise DataError(f"{path}: unsupported label mode {mode} (expected L, P, I;16 or I)")
+            im.load()
+            label_size = im.size
+            # np.asarray of a "P" image yields the palette indices themselves.
+            values = np.asarray(im)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path}: cannot read label ({_reason(err)})") from err
+
+    image_size = _image_size(sample.image)
+    if label_size != image_size:
+        raise DataError(
+            f"{path}: label size {label_size[0]}x{label_size[1]} differs from image size "
+            f"{image_size[0]}x{image_size[1]} ({sample.image.name})"
+        )
+
+    if values.dtype == np.uint8:
+        present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
+    else:
+        present = np.unique(values)
+    bad = present[((present >= num_classes) & (present != void)) | (present < 0)]
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:5])
+        more = f" (+{bad.size - 5} more)" if bad.size > 5 else ""
+        raise DataError(
+            f"{path}: label values {shown}{more} are outside [0, {num_classes}) "
+            f"and are not void {void}"
+        )
+    return values.astype(np.uint8, copy=values.dtype != np.uint8)
+
+
+def class_presence(folder: SegmentationFolder, progress: bool = True) -> np.ndarray:
+    """Which classes each sample's label contains; validates every label once.
+
+    Arguments:
+        folder: an opened folder with N samples and C classes.
+        progress: show a tqdm bar ("scan labels").
+
+    Returns:
+        (N, C) bool array, True where class c occurs in sample n.
+    """
+    num_classes = len(folder.class_names)
+    presence = np.zeros((len(folder.samples), num_classes), dtype=bool)
+    bar = tqdm(folder.samples, desc="scan labels", unit="img", disable=not progress, leave=False)
+    for row, sample in enumerate(bar):
+        label = read_label(sample, num_classes, folder.void)
+        presence[row] = np.bincount(label.ravel(), minlength=256)[:num_classes] > 0
+    return presence
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_k_shot(
+    folder: SegmentationFolder, k: int, seed: int = 0, presence: np.ndarray | None = None
+) -> list[int]:
+    """Pick a few-shot subset in which every class occurs in at least k images.
+
+    For each class in index order, images containing it are drawn in a seeded
+    random order until k chosen images contain it (images chosen for earlier
+    classes count).
+
+    Arguments:
+        folder: an opened folder with N samples and C classes.
+        k: shots per class, >= 1.
+        seed: random seed; the same seed gives the same subset.
+        presence: (N, C) bool from :func:`class_presence`; computed when None.
+
+    Returns:
+        Sorted sample indices of the subset.
+
+    Raises:
+        DataError: k < 1, or a class occurs in fewer than k images.
+    """
+    if k < 1:
+        raise DataError(
+            f"{folder.location}: --shots {k} is invalid; need at least 1 image per class"
+        )
+    if presence is None:
+        presence = class_presence(folder)
+    presence = np.asarray(presence, dtype=bool)
+    expected = (len(folder.samples), len(folder.class_names))
+    if presence.shape != expected:
+        raise ValueError(f"presence has shape {presence.shape}, expected {expected}")
+
+    counts = presence.sum(axis=0)
+    for c, name in enumerate(folder.class_names):
+        if counts[c] < k:
+            raise DataError(
+                f"class {name!r} appears in {int(counts[c])} images of {folder.location}, "
+                f"fewer than --shots {k}"
+            )
+
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(folder.samples), dtype=bool)
+    for c in range(len(folder.class_names)):
+        missing = k - int(presence[chosen, c].sum())
+        if missing <= 0:
+            continue
+        candidates = rng.permutation(np.flatnonzero(presence[:, c] & ~chosen))
+        chosen[candidates[:missing]] = True
+    return [int(i) for i in np.flatnonzero(chosen)]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (no new values are invented).
+
+    Arguments:
+        label: (h, w) array of class indices.
+        size: target (H, W).
+
+    Returns:
+        (H, W) array, same dtype as ``label``.
+    """
+    if label.ndim != 2:
+        raise ValueError(f"label must be 2-D (H, W), got shape {label.shape}")
+    height, width = size
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    src_h, src_w = label.shape
+    # Sample at target pixel centres, as PIL's NEAREST does.
+    rows = np.minimum(((np.arange(height) + 0.5) * (src_h / height)).astype(np.int64), src_h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * (src_w / width)).astype(np.int64), src_w - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """Size with the shorter side scaled to ``short``, aspect ratio kept.
+
+    Arguments:
+        height: input height.
+        width: input width.
+        short: target length of the shorter side.
+
+    Returns:
+        (H, W); the longer side is rounded half up and at least 1.
+    """
+    if height < 1 or width < 1 or short < 1:
+        raise ValueError(f"sizes must be positive, got height={height} width={width} short={short}")
+    if height <= width:
+        return short, max(1, int(width * short / height + 0.5))
+    return max(1, int(height * short / width + 0.5)), short

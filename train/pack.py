@@ -1,0 +1,150 @@
+"""The prompt pack (pack.pt): fused prompts, raw learnables, defaults and provenance.
+
+A `torch.save`d dict of tensors and plain Python values, loadable with
+`torch.load(..., weights_only=True)`; see ../shared/design.md for the contents.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "package_version", "atomic_torch_save"]
+
+PACK_FORMAT = "ssprompt.pack"
+PACK_FORMAT_VERSION = 1
+
+_TENSORS = (
+    "fused_spatial",
+    "fused_semantic",
+    "learned_spatial",
+    "spatial_logit",
+    "default_spatial",
+    "learned_semantic",
+    "semantic_logit",
+    "default_semantic",
+    "grid_points",
+)
+_REQUIRED = _TENSORS + ("format", "format_version", "class_names", "palette", "void", "backbones", "model_config", "train_config", "metrics")
+
+
+class PackError(ValueError):
+    """A pack file that cannot be used; the message is one line naming the file."""
+
+
+def package_version() -> str:
+    try:
+        return version("ssprompt")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict) -> dict:
+    """Everything export and evaluation need from a trained `SSPrompt`, as plain values and tensors."""
+    from dataclasses import asdict
+
+    with torch.no_grad():
+        tensors = {
+            "fused_spatial": model.fused_spatial(),
+            "fused_semantic": model.fused_semantic(),
+            "learned_spatial": model.learned_spatial,
+            "spatial_logit": model.spatial_logit,
+            "default_spatial": model.default_spatial,
+            "learned_semantic": model.learned_semantic,
+            "semantic_logit": model.semantic_logit,
+            "default_semantic": model.default_semantic,
+            "grid_points": model.grid_points,
+        }
+    return {
+        "format": PACK_FORMAT,
+        "format_version": PACK_FORMAT_VERSION,
+        **{k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()},
+        "class_names": list(model.class_names),
+        "palette": [list(map(int, c)) for c in palette],
+        "void": int(void),
+        "backbones": backbones.identity(),
+        "image_size": int(model.image_size),
+        "clip_input_size": int(model.clip_input_size),
+        "model_config": asdict(model.config),
+        "train_config": dict(train_config),
+        "metrics": dict(metrics),
+        "ssprompt_version": package_version(),
+    }
+
+
+def save_pack(pack: dict, path: str | Path) -> None:
+    atomic_torch_save(pack, path)
+
+
+def load_pack(path: str | Path) -> dict:
+    """Load and check a pack; never unpickles arbitrary objects.
+
+    Raises:
+      PackError: unreadable or truncated file, wrong format or version, missing keys,
+        or tensors whose shapes disagree with each other.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PackError(f"{path}: pack not found")
+    try:
+        pack = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip errors, EOF, unpickling refusals: all mean "not a usable pack"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PackError(f"{path}: not a readable pack (truncated or not a torch.save file: {reason[:160]})") from None
+    if not isinstance(pack, dict) or pack.get("format") != PACK_FORMAT:
+        raise PackError(f"{path}: not an ssprompt pack (no format {PACK_FORMAT!r})")
+    if pack.get("format_version") != PACK_FORMAT_VERSION:
+        raise PackError(
+            f"{path}: pack format version {pack.get('format_version')!r}, this ssprompt reads version {PACK_FORMAT_VERSION}"
+        )
+    missing = [k for k in _REQUIRED if k not in pack]
+    if missing:
+        raise PackError(f"{path}: pack lacks {', '.join(missing)}")
+    for name in _TENSORS:
+        if not isinstance(pack[name], torch.Tensor):
+            raise PackError(f"{path}: {name} is not a tensor")
+    _check_shapes(path, pack)
+    return pack
+
+
+def _check_shapes(path: Path, pack: dict) -> None:
+    spatial = pack["fused_spatial"]
+    semantic = pack["fused_semantic"]
+    if spatial.dim() != 3 or semantic.dim() != 2:
+        raise PackError(f"{path}: fused_spatial must be NxTxE and fused_semantic CxD, got {tuple(spatial.shape)} and {tuple(semantic.shape)}")
+    n, c = spatial.shape[0], semantic.shape[0]
+    expected = {
+        "learned_spatial": tuple(spatial.shape),
+        "default_spatial": tuple(spatial.shape),
+        "spatial_logit": (n,),
+        "learned_semantic": tuple(semantic.shape),
+        "default_semantic": tuple(semantic.shape),
+        "semantic_logit": (c,),
+        "grid_points": (n, 2),
+    }
+    for name, shape in expected.items():
+        if tuple(pack[name].shape) != shape:
+            raise PackError(f"{path}: {name} has shape {tuple(pack[name].shape)}, expected {shape}")
+    if len(pack["class_names"]) != c:
+        raise PackError(f"{path}: {len(pack['class_names'])} class names for {c} semantic prompts")
+    if len(pack["palette"]) != c:
+        raise PackError(f"{path}: {len(pack['palette'])} palette colours for {c} classes")

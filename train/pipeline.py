@@ -1,0 +1,175 @@
+"""The train and evaluate jobs behind `ssp-train`, `ssp-eval` and `ssp-demo`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from ssprompt.runtime.palette import default_palette
+
+from .backbones import BackboneError, load_backbones
+from .cache import FeatureCache, default_cache_dir
+from .config import ModelConfig, TrainConfig, config_from_dict
+from .data import class_presence, open_folder, sample_k_shot
+from .model import SSPrompt
+from .pack import PackError, build_pack, load_pack, save_pack
+from .trainer import encode_folder, encoder_identity, evaluate, train_prompts
+
+__all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _cache(config: TrainConfig, model: SSPrompt, backbones) -> FeatureCache:
+    return FeatureCache(config.cache_dir or default_cache_dir(), encoder_identity(model, backbones))
+
+
+def train_pack(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    out: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+    weights_plot: str | Path | None = None,
+    log=print,
+) -> dict:
+    """Sample k shots, cache the frozen encoders' outputs, learn the prompts, write the pack.
+
+    Returns:
+      A summary: images, cache hits, seconds per phase, losses, metrics before and after.
+    """
+    out = Path(out)
+    dev = pick_device(device)
+    began = time.perf_counter()
+    folder = open_folder(config.data, config.split, config.void)
+    presence = class_presence(folder, progress=progress)
+    indices = sample_k_shot(folder, config.shots, config.seed, presence)
+    log(f"{len(indices)} images hold {config.shots} shots of each of {folder.num_classes} classes ({folder.location})")
+    val_folder = open_folder(config.data, config.val_split, config.void) if config.val_split else None
+    if val_folder is not None and val_folder.class_names != folder.class_names:
+        raise PackError(f"{val_folder.location}: classes differ from {folder.location}")
+
+    backbones = load_backbones(
+        model_config.sam, model_config.clip, model_config.sam_checkpoint, model_config.clip_pretrained,
+        model_config.random_weights,
+    )
+    model = SSPrompt(backbones, folder.class_names, model_config).to(dev)
+    cache = _cache(config, model, backbones)
+
+    encode_began = time.perf_counter()
+    flips = (False, True) if config.flip else (False,)
+    items = encode_folder(model, folder, indices, cache, config.short_side, flips, progress, desc="encode shots")
+    val_items = []
+    if val_folder is not None:
+        val_items = [f[0] for f in encode_folder(
+            model, val_folder, range(len(val_folder)), cache, config.short_side, (False,), progress, desc="encode val")]
+    encode_seconds = time.perf_counter() - encode_began
+    hits, misses = cache.hits, cache.misses
+
+    before = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
+    checkpoint = out.with_name(out.name + ".ckpt")
+    result = train_prompts(model, items, config, checkpoint_path=checkpoint, progress=progress)
+    after = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
+
+    metrics = {
+        "final_loss": result.losses[-1] if result.losses else None,
+        "val_split": config.val_split,
+        "miou_default": before["miou"] if before else None,
+        "miou": after["miou"] if after else None,
+        "per_class": after["per_class"] if after else None,
+    }
+    pack = build_pack(model, backbones, default_palette(folder.num_classes), folder.void, asdict(config), metrics)
+    save_pack(pack, out)
+    checkpoint.unlink(missing_ok=True)
+    if weights_plot:
+        from .plots import plot_fusion_weights
+
+        plot_fusion_weights(pack, weights_plot)
+    return {
+        "pack": str(out),
+        "images": len(indices),
+        "cache_hits": hits,
+        "cache_misses": misses,
+        "encode_seconds": encode_seconds,
+        "train_seconds": result.seconds,
+        "total_seconds": time.perf_counter() - began,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "first_loss": result.losses[0] if result.losses else None,
+        "final_loss": metrics["final_loss"],
+        "before": before,
+        "after": after,
+    }
+
+
+def model_from_pack(
+    pack: dict,
+    sam_checkpoint: str | None = None,
+    clip_pretrained: str | None = None,
+    default_prompts: bool = False,
+    device: str = "auto",
+    random_weights: bool | None = None,
+) -> tuple[SSPrompt, object]:
+    """Rebuild the trained model from a pack and the checkpoints it was trained against.
+
+    Checkpoints default to the paths recorded in the pack; their sha256 must match it.
+    With `default_prompts`, the learnables stay at their initial values (zero-shot baseline).
+    """
+    config = config_from_dict(ModelConfig, pack["model_config"])
+    ids = pack["backbones"]
+    config = replace(
+        config,
+        sam_checkpoint=sam_checkpoint or config.sam_checkpoint,
+        clip_pretrained=clip_pretrained or config.clip_pretrained,
+        random_weights=config.random_weights if random_weights is None else random_weights,
+    )
+    backbones = load_backbones(config.sam, config.clip, config.sam_checkpoint, config.clip_pretrained, config.random_weights)
+    for name, digest, flag in (("SAM", backbones.sam_sha256, "--sam-checkpoint"), ("CLIP", backbones.clip_sha256, "--clip-pretrained")):
+        expected = ids[f"{name.lower()}_sha256"]
+        if digest != expected:
+            raise BackboneError(
+                f"{name} weights (sha256 {digest[:12]}) differ from the pack's (sha256 {expected[:12]}); "
+                f"pass the {flag} it was trained with"
+            )
+    model = SSPrompt(backbones, pack["class_names"], config, default_semantic=pack["default_semantic"])
+    if not default_prompts:
+        with torch.no_grad():
+            for name in SSPrompt.learnable_names:
+                getattr(model, name).copy_(pack[name])
+    return model.to(pick_device(device)), backbones
+
+
+def evaluate_pack(
+    pack_path: str | Path,
+    data: str | Path,
+    split: str | None,
+    void: int | None = None,
+    default_prompts: bool = False,
+    sam_checkpoint: str | None = None,
+    clip_pretrained: str | None = None,
+    cache_dir: str = "",
+    short_side: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """mIoU and per-class IoU of a pack (or of its backbones' default prompts) on a folder."""
+    pack = load_pack(pack_path)
+    train_cfg = config_from_dict(TrainConfig, pack["train_config"])
+    void = pack["void"] if void is None else void
+    folder = open_folder(data, split, void)
+    if folder.class_names != pack["class_names"]:
+        raise PackError(f"{folder.location}: classes {folder.class_names} differ from the pack's {pack['class_names']}")
+    model, backbones = model_from_pack(pack, sam_checkpoint, clip_pretrained, default_prompts, device)
+    cache = FeatureCache(cache_dir or default_cache_dir(), encoder_identity(model, backbones))
+    side = train_cfg.short_side if short_side is None else short_side
+    items = [f[0] for f in encode_folder(model, folder, range(len(folder)), cache, side, (False,), progress, desc="encode")]
+    metrics = evaluate(model, items, folder.num_classes, void, progress=progress)
+    metrics.update({"images": len(items), "prompts": "default" if default_prompts else "learned", "data": str(folder.location)})
+    return metrics
