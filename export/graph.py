@@ -1,0 +1,95 @@
+"""Export-only wrapper: one traceable module from uint8 images to labels, prompts baked in.
+
+Not for direct use: it exists to be traced by torch.onnx.export. Train and evaluate with
+`ssprompt.train.model.SSPrompt`. The wrapper
+- bakes the fused spatial prompts and the normalised fused semantic prompts as constants;
+- decodes all N prompts in one call (no Python loop over chunks or images), so the batch
+  axis stays dynamic;
+- swaps SAM's hand-written LayerNorm2d for `F.layer_norm` over channels, which exports as
+  one ONNX LayerNormalization node that TensorRT maps to a normalisation layer it can keep
+  in FP32 (the hand-written mean/var/sqrt chain overflows in FP16).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssprompt.runtime.contract import CLASS_IDS, CONFIDENCE, INPUT, IOU, LABELS, MASK_LOGITS, OUTPUTS
+from ssprompt.train.decoder import decode_masks
+from ssprompt.train.model import SSPrompt, mask_class_logits, semantic_map
+
+__all__ = ["ExportGraph", "ChannelLayerNorm", "dummy_inputs"]
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of a BxCxHxW map; numerically SAM's LayerNorm2d."""
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(source.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(source.bias.detach().clone(), requires_grad=False)
+        self.eps = source.eps
+        self.channels = int(source.weight.shape[0])  # a Python int: the traced shape stays static
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = F.layer_norm(x, (self.channels,), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+def _swap_layer_norm_2d(module: nn.Module) -> int:
+    from segment_anything.modeling.common import LayerNorm2d
+
+    swapped = 0
+    for name, child in module.named_children():
+        if isinstance(child, LayerNorm2d):
+            setattr(module, name, ChannelLayerNorm(child))
+            swapped += 1
+        else:
+            swapped += _swap_layer_norm_2d(child)
+    return swapped
+
+
+class ExportGraph(nn.Module):
+    """uint8 letterboxed images → per-pixel labels and confidences, per-prompt masks, IoU and classes."""
+
+    def __init__(self, model: SSPrompt) -> None:
+        super().__init__()
+        model = copy.deepcopy(model).cpu().eval()
+        self.swapped_layer_norms = _swap_layer_norm_2d(model.sam)
+        self.model = model
+        with torch.no_grad():
+            self.register_buffer("spatial", model.fused_spatial().detach().clone())  # (N, T, E)
+            self.register_buffer("semantic", F.normalize(model.fused_semantic(), dim=-1).detach().clone())  # (C, D)
+        self.image_size = model.image_size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """
+        Arguments:
+          images (torch.Tensor): BxSxSx3 uint8, letterboxed RGB.
+
+        Returns (in contract.OUTPUTS order):
+          labels BxSxS int32, confidence BxSxS float32, mask_logits BxNxMxM, iou BxN, class_ids BxN int32.
+        """
+        model = self.model
+        sam_embeddings, clip_features = model.encode_images(images)
+        masks, iou = decode_masks(model.sam.mask_decoder, sam_embeddings, model.dense_pe, self.spatial, model.no_mask_dense)
+        class_logits = mask_class_logits(masks, clip_features, self.semantic, model.logit_scale)
+        semantic = semantic_map(masks, iou, class_logits)  # (B, C, M, M)
+        semantic = F.interpolate(semantic, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        confidence, labels = semantic.max(dim=1)  # (B, S, S)
+        class_ids = class_logits.argmax(dim=-1)
+        return labels.to(torch.int32), confidence, masks, iou, class_ids.to(torch.int32)
+
+
+def dummy_inputs(image_size: int, batch: int = 1) -> dict[str, torch.Tensor]:
+    """The one dict of example inputs that drives both the trial run and the input names."""
+    generator = torch.Generator().manual_seed(0)
+    return {INPUT: torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8, generator=generator)}
+
+
+assert OUTPUTS == (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS)  # forward returns in this order

@@ -1,0 +1,166 @@
+"""The export job behind `ssp-export`: pack → ONNX (parity-gated) → engine / Triton repository."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssprompt.runtime.preprocess import letterbox
+from ssprompt.train.backbones import file_sha256
+
+from .onnx_export import atomic_dir, commit_dir, export_onnx, simplify, to_fp16, write_model
+from .parity import Parity, check_parity
+from .tensorrt import BatchRange, build_engine, tensorrt_available, trtexec_command, write_sidecar
+
+__all__ = ["ExportError", "ExportResult", "export_pack", "graph_metadata", "calibration_images"]
+
+MODEL_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+
+
+class ExportError(RuntimeError):
+    """The export cannot be completed; one line that says why."""
+
+
+@dataclass
+class ExportResult:
+    out: Path  # the output folder
+    onnx: Path  # the ONNX model inside it
+    parity: Parity | None  # None when the gate was skipped
+    seconds: float  # wall time of the whole export
+    onnx_bytes: int  # size of the ONNX model (with external data)
+    engine: Path | None  # TensorRT plan, when one was built
+    trtexec: str | None  # the command to build it elsewhere, when TensorRT is absent
+    triton: list[Path]  # config.pbtxt files written
+
+
+def graph_metadata(model, pack: dict, pack_path: Path, precision: str) -> dict:
+    """What the runtime needs to pre- and post-process, and what identifies the graph."""
+    from ssprompt.train.pack import package_version
+    from ssprompt.train.trainer import sam_pad_value
+
+    return {
+        "class_names": list(pack["class_names"]),
+        "palette": pack["palette"],
+        "input_size": int(model.image_size),
+        "mask_size": int(model.mask_size),
+        "num_prompts": int(model.num_prompts),
+        "pad_value": list(sam_pad_value(model)),
+        "normalization": {
+            "sam_mean": model.sam.pixel_mean.flatten().tolist(),
+            "sam_std": model.sam.pixel_std.flatten().tolist(),
+            "clip_mean": (model.clip_mean.flatten() / 255).tolist(),
+            "clip_std": (model.clip_std.flatten() / 255).tolist(),
+            "clip_input_size": int(model.clip_input_size),
+        },
+        "pack_sha256": file_sha256(pack_path),
+        "backbones": pack["backbones"],
+        "precision": precision,
+        "ssprompt_version": package_version(),
+    }
+
+
+def calibration_images(image_size: int, pad_value, calib: Path | None, count: int = 4) -> np.ndarray:
+    """K x S x S x 3 letterboxed images: the first `count` of `calib`, or generated scenes."""
+    from ssprompt.train.data import IMAGE_EXTENSIONS, read_image
+
+    if calib is not None:
+        files = sorted(p for p in Path(calib).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:count]
+        if not files:
+            raise ExportError(f"{calib}: no images for the parity check")
+        images = [read_image(p) for p in files]
+    else:
+        import tempfile
+
+        from ssprompt.train.synthetic import make_synthetic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = make_synthetic(Path(tmp) / "calib", n_train=count, n_val=1, seed=1234)
+            images = [read_image(p) for p in sorted((root / "train" / "images").iterdir())]
+    return np.stack([letterbox(image, image_size, pad_value)[0] for image in images])
+
+
+def export_pack(
+    pack_path: Path,
+    out: Path,
+    sam_checkpoint: str | None = None,
+    clip_pretrained: str | None = None,
+    fp16: bool = False,
+    batch: BatchRange = BatchRange(1, 1, 8),
+    engine: bool = False,
+    triton: bool = False,
+    calib: Path | None = None,
+    parity_gate: bool = True,
+    force: bool = False,
+    workspace_mib: int = 4096,
+    timing_cache: Path | None = None,
+    log=print,
+) -> ExportResult:
+    from ssprompt.train.pack import load_pack
+    from ssprompt.train.pipeline import model_from_pack
+    from ssprompt.train.trainer import sam_pad_value
+
+    from .graph import ExportGraph
+
+    began = time.perf_counter()
+    if out.exists() and not force:
+        raise ExportError(f"{out}: exists; pass --force to replace it")
+    pack = load_pack(pack_path)
+    model, _ = model_from_pack(pack, sam_checkpoint, clip_pretrained, device="cpu")
+    precision = "fp16" if fp16 else "fp32"
+    graph = ExportGraph(model)
+
+    tmp = atomic_dir(out)
+    try:
+        log("tracing the graph to ONNX")
+        onnx_model = simplify(export_onnx(graph, tmp / MODEL_FILE))
+        if fp16:
+            log("converting to FP16 (normalisations, softmax and divisions stay FP32)")
+            onnx_model = to_fp16(onnx_model)
+        metadata = graph_metadata(model, pack, pack_path, precision)
+        onnx_path = write_model(onnx_model, tmp / MODEL_FILE, metadata)
+        del onnx_model
+
+        parity = None
+        if parity_gate:
+            images = calibration_images(model.image_size, sam_pad_value(model), calib)
+            parity = check_parity(graph, onnx_path, images, precision)
+            log(parity.describe())
+            if not parity.passed:
+                raise ExportError(f"parity gate failed: {parity.describe()}; nothing written")
+
+        plan_path, command = None, None
+        cache = timing_cache or out.with_name(out.name + ".timing.cache")
+        if engine:
+            if tensorrt_available():
+                facts = build_engine(onnx_path, tmp / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache, log)
+                write_sidecar(tmp / PLAN_FILE, metadata, facts, file_sha256(onnx_path))
+                plan_path = out / PLAN_FILE
+            else:
+                command = trtexec_command(out / MODEL_FILE, out / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache)
+                (tmp / "build_engine.sh").write_text("#!/bin/sh\n# Build the TensorRT engine on the target machine.\n" + command + "\n")
+                log("tensorrt does not import here: build the engine on the target machine with")
+                log(f"  {command}")
+
+        triton_configs = []
+        if triton:
+            from .triton import write_triton_repository
+
+            name = "ssprompt_" + hashlib.sha256(metadata["pack_sha256"].encode()).hexdigest()[:8]
+            triton_configs = write_triton_repository(
+                tmp / "triton", name, onnx_path, batch.max, tmp / PLAN_FILE if plan_path else None)
+        onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))
+        commit_dir(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(
+        out, out / MODEL_FILE, parity, time.perf_counter() - began, onnx_bytes, plan_path, command,
+        [out / p.relative_to(tmp) for p in triton_configs],
+    )
