@@ -1,0 +1,163 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ssprompt.export import parity as parity_module
+from ssprompt.export.cli import export_command
+from ssprompt.export.graph import ExportGraph
+from ssprompt.export.pipeline import ExportError, calibration_images, export_pack
+from ssprompt.export.tensorrt import BatchRange, tensorrt_available
+from ssprompt.runtime.contract import INPUT, LABELS, MASK_LOGITS, OUTPUTS, decode_metadata
+from ssprompt.train.backbones import file_sha256
+from ssprompt.train.pack import load_pack
+from ssprompt.train.pipeline import model_from_pack
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def pack_path(demo_run) -> Path:
+    return demo_run[1]
+
+
+@pytest.fixture(scope="module")
+def fp32_export(pack_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "fp32"
+    return export_pack(pack_path, out, engine=True, triton=True, batch=BatchRange(1, 2, 4), log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def torch_graph(pack_path):
+    model, _ = model_from_pack(load_pack(pack_path), device="cpu")
+    return ExportGraph(model)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_runtime_matches_pytorch(fp32_export, torch_graph, batch):
+    images = np.random.default_rng(batch).integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8)
+    session = ort.InferenceSession(str(fp32_export.onnx), providers=["CPUExecutionProvider"])
+    onnx_out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {INPUT: images})))
+    with torch.no_grad():
+        reference = dict(zip(OUTPUTS, (t.numpy() for t in torch_graph(torch.from_numpy(images)))))
+    assert onnx_out[LABELS].shape == (batch, 256, 256)
+    np.testing.assert_array_equal(onnx_out[LABELS], reference[LABELS])
+    np.testing.assert_allclose(onnx_out[MASK_LOGITS], reference[MASK_LOGITS], atol=1e-3, rtol=1e-4)
+
+
+def test_exported_model_passes_onnx_checker_with_opset_17(fp32_export):
+    onnx.checker.check_model(str(fp32_export.onnx))
+    model = onnx.load(str(fp32_export.onnx))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in model.graph.input] == [INPUT]
+    assert [o.name for o in model.graph.output] == list(OUTPUTS)
+
+
+def test_layer_norm_2d_exports_as_layer_normalization(fp32_export, torch_graph):
+    from segment_anything.modeling.common import LayerNorm2d
+
+    assert not any(isinstance(m, LayerNorm2d) for m in torch_graph.modules())
+    ops = [n.op_type for n in onnx.load(str(fp32_export.onnx)).graph.node]
+    # two in the encoder neck, one in the decoder upscaling, plus the ViTs' own LayerNorms
+    assert ops.count("LayerNormalization") >= 3
+
+
+def test_fp32_export_passed_its_gate(fp32_export):
+    assert fp32_export.parity.precision == "fp32" and fp32_export.parity.passed
+    assert fp32_export.parity.label_agreement >= 0.999
+
+
+def test_fp16_export_passes_its_own_threshold_with_normalisation_in_fp32(pack_path, tmp_path):
+    result = export_pack(pack_path, tmp_path / "fp16", fp16=True, log=lambda *_: None)
+    assert result.parity.precision == "fp16" and result.parity.passed
+    model = onnx.load(str(result.onnx))
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
+    ln_inputs = {i for n in model.graph.node if n.op_type == "LayerNormalization" for i in n.input[1:]}
+    ln_weights = [init for init in model.graph.initializer if init.name in ln_inputs]
+    assert ln_weights and all(w.data_type == onnx.TensorProto.FLOAT for w in ln_weights)
+
+
+def test_metadata_round_trips(fp32_export, pack_path):
+    session = ort.InferenceSession(str(fp32_export.onnx), providers=["CPUExecutionProvider"])
+    meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
+    pack = load_pack(pack_path)
+    assert meta["class_names"] == pack["class_names"]
+    assert meta["palette"] == pack["palette"]
+    assert meta["input_size"] == 256 and meta["num_prompts"] == 64
+    assert meta["pack_sha256"] == file_sha256(pack_path)
+    assert meta["backbones"]["sam_sha256"] == pack["backbones"]["sam_sha256"]
+    assert meta["precision"] == "fp32" and len(meta["normalization"]["sam_mean"]) == 3
+
+
+def test_triton_config_parses_and_names_the_real_io(fp32_export):
+    pytest.importorskip("tritonclient.grpc")
+    from ssprompt.export.triton import validate_config
+
+    (config_path,) = fp32_export.triton
+    config = validate_config(config_path)
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 4
+    assert [i.name for i in config.input] == [INPUT] and list(config.input[0].dims) == [256, 256, 3]
+    assert [o.name for o in config.output] == list(OUTPUTS)
+    assert (config_path.parent / "1" / "model.onnx").is_file()
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT present: the engine is built instead")
+def test_without_tensorrt_the_trtexec_line_is_written(fp32_export):
+    assert fp32_export.engine is None
+    script = (fp32_export.out / "build_engine.sh").read_text()
+    assert "--minShapes=images:1x256x256x3" in script and "--maxShapes=images:4x256x256x3" in script
+
+
+@pytest.mark.skipif(not tensorrt_available(), reason="tensorrt does not import here")
+def test_engine_and_sidecar_are_written(fp32_export):
+    sidecar = json.loads((fp32_export.out / "model.plan.json").read_text())
+    assert sidecar["tensorrt_version"] and sidecar["onnx_sha256"] == file_sha256(fp32_export.onnx)
+
+
+def test_checkpoint_that_differs_from_the_pack_is_refused(pack_path, tmp_path, tiny_backbones):
+    other = tmp_path / "other_sam.pth"
+    state = {k: v.clone() for k, v in tiny_backbones.sam.state_dict().items()}
+    next(iter(state.values())).add_(1.0)
+    torch.save(state, other)
+    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--sam-checkpoint", str(other), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "SAM weights" in result.output and "differ from the pack's" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_pack_is_refused(pack_path, tmp_path):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(pack_path.read_bytes()[:1000])
+    result = CliRunner().invoke(export_command, ["--prompts", str(cut), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "cut.pt: not a readable pack" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_refused_without_force(pack_path, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "--force" in result.output
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
+
+
+def test_failed_parity_gate_says_by_how_much_and_writes_nothing(pack_path, tmp_path, monkeypatch):
+    monkeypatch.setitem(parity_module.THRESHOLDS, "fp32", (1.1, 0.0, 0.0))  # unreachable
+    with pytest.raises(ExportError, match=r"parity gate failed: fp32 parity .* labels agree on 100\.000% \(need 110\.0%\)"):
+        export_pack(pack_path, tmp_path / "o", log=lambda *_: None)
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+
+
+def test_calibration_folder_without_images_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="no images for the parity check"):
+        calibration_images(256, (124, 116, 104), tmp_path / "empty")
+
+
+@pytest.mark.parametrize("text", ["8", "4:2:8", "a:b:c", "0:1:2"])
+def test_bad_batch_range_is_refused(text):
+    with pytest.raises(ValueError, match="--batch"):
+        BatchRange.parse(text)
