@@ -39,8 +39,8 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, batch, engi
             Path(calib) if calib else None, not no_parity, force, workspace, Path(timing_cache) if timing_cache else None,
             log=click.echo,
         )
-    except (BackboneError, DataError, PackError, ExportError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    except (BackboneError, DataError, PackError, ExportError, ValueError, OSError, RuntimeError) as err:
+        raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(f"wrote {result.onnx} ({result.onnx_bytes / 2**20:.1f} MiB) in {result.seconds:.1f} s")
     if result.engine:
         click.echo(f"wrote {result.engine}")

@@ -17,9 +17,12 @@ __all__ = ["OPSET", "EXTERNAL_DATA_LIMIT", "export_onnx", "to_fp16", "write_mode
 
 OPSET = 17  # first opset with LayerNormalization
 EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which tensors go to a .data file (protobuf caps at 2 GB)
-# Kept in FP32 in FP16 graphs: normalisations (FP16 variance overflows) and the softmax / division
-# of the semantic map, whose small probabilities underflow.
-FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Div", "Resize", "ArgMax", "ReduceMax"]
+# Kept in FP32 in FP16 graphs: normalisations and sums of squares (FP16 overflows past 65504),
+# and the softmax / division of the semantic map, whose small probabilities underflow.
+FP32_OPS = [
+    "LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare",
+    "Pow", "Sqrt", "Div", "Resize", "ArgMax", "ReduceMax",
+]
 
 
 def _dynamic_axes() -> dict[str, dict[int, str]]:
@@ -106,9 +109,22 @@ def atomic_dir(final: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
 
 
-def commit_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        import shutil
+def commit_dir(tmp: Path, final: Path, marker: str) -> None:
+    """Move `tmp` onto `final`. An existing `final` must be an earlier export (it holds
+    `marker`); it is renamed aside first and restored if the move fails."""
+    import shutil
 
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    backup = None
+    if final.exists():
+        if not (final / marker).is_file() or Path.cwd().resolve().is_relative_to(final.resolve()):
+            raise FileExistsError(f"{final}: not an ssprompt export folder (no {marker}); refusing to replace it")
+        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, backup)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, final)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)

@@ -109,6 +109,8 @@ def export_pack(
     began = time.perf_counter()
     if out.exists() and not force:
         raise ExportError(f"{out}: exists; pass --force to replace it")
+    if out.exists() and not (out / MODEL_FILE).is_file():
+        raise ExportError(f"{out}: exists and is not an ssprompt export folder (no {MODEL_FILE}); choose another --out")
     pack = load_pack(pack_path)
     model, _ = model_from_pack(pack, sam_checkpoint, clip_pretrained, device="cpu")
     precision = "fp16" if fp16 else "fp32"
@@ -154,7 +156,7 @@ def export_pack(
             triton_configs = write_triton_repository(
                 tmp / "triton", name, onnx_path, batch.max, tmp / PLAN_FILE if plan_path else None)
         onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))
-        commit_dir(tmp, out)
+        commit_dir(tmp, out, MODEL_FILE)
     except BaseException:
         import shutil
 

@@ -84,7 +84,7 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        errors = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors))
         raise RuntimeError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
 
     config = builder.create_builder_config()

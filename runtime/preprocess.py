@@ -21,7 +21,7 @@ class Letterbox:
     """Where an image sits inside the square model input.
 
     The image is scaled so its longer side equals `size`, then placed at the top-left
-    corner and zero-padded to `size x size` (SAM's convention).
+    corner and padded to `size x size` (SAM's convention).
     """
 
     size: int  # side of the square model input

@@ -6,9 +6,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
-
 
 @pytest.fixture(scope="session")
 def tiny_backbones():

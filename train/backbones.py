@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .data import error_reason
+
 __all__ = [
     "BackboneError",
     "Backbones",
@@ -180,11 +182,11 @@ def build_sam(sam_type: str, checkpoint: str | Path | None = None, random_weight
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a bad file
-        raise BackboneError(f"{path}: not a readable SAM checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        raise BackboneError(f"{path}: not a readable SAM checkpoint ({type(err).__name__}: {error_reason(err)})") from None
     try:
         sam.load_state_dict(state)
     except RuntimeError as err:
-        raise BackboneError(f"{path}: weights do not fit SAM {sam_type} ({str(err).splitlines()[0]})") from None
+        raise BackboneError(f"{path}: weights do not fit SAM {sam_type} ({error_reason(err)})") from None
     return freeze(sam), file_sha256(path)
 
 
@@ -243,8 +245,8 @@ def build_clip(name: str, pretrained: str | Path | None = None, random_weights: 
 
     try:
         model = _seeded(build)
-    except RuntimeError as err:
-        raise BackboneError(f"{pretrained}: cannot load CLIP {name} weights ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # torch / safetensors raise several types for a bad file
+        raise BackboneError(f"{pretrained}: cannot load CLIP {name} weights ({error_reason(err)})") from None
     tokenizer = open_clip.get_tokenizer(model_name)
     digest = file_sha256(weights_file) if weights_file is not None else weights_sha256(model)
     return freeze(model), tokenizer, digest

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .pack import atomic_torch_save
 
 __all__ = ["FeatureCache", "default_cache_dir"]
 
@@ -51,12 +52,4 @@ class FeatureCache:
         return entry
 
     def save(self, key: str, entry: dict[str, torch.Tensor]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({k: v.detach().cpu().contiguous() for k, v in entry.items()}, tmp)
-            os.replace(tmp, self.directory / f"{key}.pt")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in entry.items()}, self.directory / f"{key}.pt")

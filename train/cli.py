@@ -19,7 +19,7 @@ def _user_errors():
     from .data import DataError
     from .pack import PackError
 
-    return (BackboneError, DataError, PackError, FileExistsError, ValueError)
+    return (BackboneError, DataError, PackError, OSError, ValueError)
 
 
 def _run(job):
@@ -38,6 +38,10 @@ def _format_metrics(title: str, metrics: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _print_summary(summary: dict) -> None:
     click.echo(
         f"\nwrote {summary['pack']}: {summary['steps']} steps on {summary['images']} images"
@@ -45,7 +49,7 @@ def _print_summary(summary: dict) -> None:
     )
     click.echo(
         f"encoders: {summary['cache_hits']} cached, {summary['cache_misses']} computed, {summary['encode_seconds']:.1f} s; "
-        f"training {summary['train_seconds']:.1f} s; loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
+        f"training {summary['train_seconds']:.1f} s; loss {_number(summary['first_loss'])} -> {_number(summary['final_loss'])}"
     )
     if summary["before"] and summary["after"]:
         click.echo(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 __all__ = ["ModelConfig", "TrainConfig", "config_from_dict"]
 
@@ -54,12 +54,16 @@ class TrainConfig:
     cache_dir: str = ""  # where frozen-encoder features are cached; "" = ~/.cache/ssprompt
     checkpoint_every: int = 50  # steps between resumable checkpoints
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "shots"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+
 
 def config_from_dict(cls, values: dict):
     """Rebuild a config dataclass from a saved dict, ignoring keys this version does not know."""
     known = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in known})
 
-
-def as_dict(config) -> dict:
-    return asdict(config)

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 __all__ = [
+    "error_reason",
     "CITYSCAPES_CLASSES",
     "IMAGE_EXTENSIONS",
     "DataError",
@@ -244,7 +245,7 @@ def _read_classes(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read classes ({_reason(err)})") from err
+        raise DataError(f"{path}: cannot read classes ({error_reason(err)})") from err
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise DataError(f"{path}: classes.txt is empty (expected one class name a line)")
@@ -285,7 +286,8 @@ def _extensions_text() -> str:
     return " ".join(sorted(IMAGE_EXTENSIONS))
 
 
-def _reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
     if isinstance(err, UnidentifiedImageError):
         return "cannot identify image file"
     if isinstance(err, FileNotFoundError):
@@ -322,7 +324,7 @@ def read_image(path: Path) -> np.ndarray:
         raise
     except (OSError, ValueError, SyntaxError) as err:
         # Pillow raises SyntaxError for some malformed headers.
-        raise DataError(f"{path}: cannot read image ({_reason(err)})") from err
+        raise DataError(f"{path}: cannot read image ({error_reason(err)})") from err
 
 
 def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
@@ -356,7 +358,7 @@ def _image_size(path: Path) -> tuple[int, int]:
                 return width, height
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
     except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read image ({_reason(err)})") from err
+        raise DataError(f"{path}: cannot read image ({error_reason(err)})") from err
     if orientation in (5, 6, 7, 8):
         return height, width
     return width, height
@@ -399,7 +401,7 @@ def read_label(sample: Sample, num_classes: int, void: int) -> np.ndarray:
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read label ({_reason(err)})") from err
+        raise DataError(f"{path}: cannot read label ({error_reason(err)})") from err
 
     image_size = _image_size(sample.image)
     if label_size != image_size:

@@ -76,9 +76,10 @@ def mask_class_logits(
     Returns:
       (torch.Tensor): BxNxC class logits.
     """
-    pool = F.avg_pool2d(masks.sigmoid(), kernel_size=masks.shape[-1] // features.shape[-1])  # (B, N, g, g)
-    pooled = pool.flatten(2) @ features.flatten(2).transpose(1, 2)  # (B, N, D); the mask's area only rescales it
-    pooled = F.normalize(pooled, dim=-1, eps=_EPS)
+    pool = F.avg_pool2d(masks.sigmoid(), kernel_size=masks.shape[-1] // features.shape[-1]).flatten(2)  # (B, N, g*g)
+    pooled = pool @ features.flatten(2).transpose(1, 2)  # (B, N, D)
+    # Dividing by the area changes no cosine, but keeps the values small enough for FP16.
+    pooled = F.normalize(pooled / pool.sum(-1, keepdim=True).clamp_min(_EPS), dim=-1, eps=_EPS)
     return logit_scale * pooled @ F.normalize(semantic, dim=-1).t()
 
 

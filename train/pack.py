@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .data import error_reason
+
 __all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "package_version", "atomic_torch_save"]
 
 PACK_FORMAT = "ssprompt.pack"
@@ -108,8 +110,7 @@ def load_pack(path: str | Path) -> dict:
     try:
         pack = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip errors, EOF, unpickling refusals: all mean "not a usable pack"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PackError(f"{path}: not a readable pack (truncated or not a torch.save file: {reason[:160]})") from None
+        raise PackError(f"{path}: not a readable pack (truncated or not a torch.save file: {error_reason(err)[:160]})") from None
     if not isinstance(pack, dict) or pack.get("format") != PACK_FORMAT:
         raise PackError(f"{path}: not an ssprompt pack (no format {PACK_FORMAT!r})")
     if pack.get("format_version") != PACK_FORMAT_VERSION:

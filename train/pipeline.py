@@ -24,7 +24,13 @@ __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here")
+    return device
 
 
 def _cache(config: TrainConfig, model: SSPrompt, backbones) -> FeatureCache:
@@ -49,6 +55,7 @@ def train_pack(
     dev = pick_device(device)
     began = time.perf_counter()
     folder = open_folder(config.data, config.split, config.void)
+    config = replace(config, void=folder.void)  # Cityscapes fixes its own void (255)
     presence = class_presence(folder, progress=progress)
     indices = sample_k_shot(folder, config.shots, config.seed, presence)
     log(f"{len(indices)} images hold {config.shots} shots of each of {folder.num_classes} classes ({folder.location})")
@@ -75,7 +82,7 @@ def train_pack(
 
     before = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
     checkpoint = out.with_name(out.name + ".ckpt")
-    result = train_prompts(model, items, config, checkpoint_path=checkpoint, progress=progress)
+    result = train_prompts(model, items, config, checkpoint_path=checkpoint, progress=progress, log=log)
     after = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
 
     metrics = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -52,10 +53,11 @@ class Features:
 
 def encoder_identity(model: SSPrompt, backbones) -> dict:
     return {
-        "sam": backbones.sam_sha256,
-        "clip": backbones.clip_sha256,
+        **backbones.identity(),  # digests, and the names: ViT-B-16 and ViT-B-16-quickgelu share weights
         "image_size": model.image_size,
         "clip_input_size": model.clip_input_size,
+        "clip_mean": model.clip_mean.flatten().tolist(),
+        "clip_std": model.clip_std.flatten().tolist(),
         "pad": list(sam_pad_value(model)),
     }
 
@@ -138,15 +140,16 @@ def label_probabilities(semantic: torch.Tensor, extent: tuple[int, int], image_s
 
 
 def segmentation_loss(model: SSPrompt, batch: Sequence[Features], void: int) -> torch.Tensor:
-    """Mean over images of the per-pixel cross-entropy on log S, void pixels ignored."""
+    """Per-pixel cross-entropy on log S over the batch's labelled pixels, void pixels ignored."""
     sam = torch.stack([f.sam for f in batch])
     clip = torch.stack([f.clip for f in batch])
     semantic = model(sam, clip).semantic  # (B, C, m, m)
-    losses = []
+    total, pixels = semantic.new_zeros(()), 0
     for probs, feats in zip(semantic, batch):
         at_label = label_probabilities(probs, feats.extent, model.image_size, tuple(feats.label.shape))
-        losses.append(F.nll_loss(at_label.clamp_min(1e-8).log()[None], feats.label[None], ignore_index=void))
-    return torch.stack(losses).mean()
+        total = total + F.nll_loss(at_label.clamp_min(1e-8).log()[None], feats.label[None], ignore_index=void, reduction="sum")
+        pixels += int((feats.label != void).sum())
+    return total / max(pixels, 1)  # an all-void batch gives 0, not NaN
 
 
 @torch.no_grad()
@@ -188,9 +191,16 @@ class TrainResult:
     seconds: float  # training time of this run (cached features; encoders excluded)
 
 
-def _fingerprint(config: TrainConfig, model: SSPrompt, num_items: int) -> dict:
+def _fingerprint(config: TrainConfig, model: SSPrompt, items: Sequence[Sequence[Features]]) -> dict:
+    """What a checkpoint must match to be resumed: settings, classes, and the training data itself."""
     keep = {k: v for k, v in asdict(config).items() if k not in ("cache_dir", "checkpoint_every")}
-    return {"train": keep, "model": asdict(model.config), "items": num_items, "classes": list(model.class_names)}
+    digest = hashlib.sha256()
+    for per_flip in items:
+        for f in per_flip:  # labels and a slice of each embedding identify images and backbones
+            digest.update(f.label.cpu().numpy().tobytes())
+            digest.update(f.sam.flatten()[:256].cpu().numpy().tobytes())
+            digest.update(f.clip.flatten()[:256].cpu().numpy().tobytes())
+    return {"train": keep, "model": asdict(model.config), "classes": list(model.class_names), "data": digest.hexdigest()}
 
 
 def train_prompts(
@@ -199,6 +209,7 @@ def train_prompts(
     config: TrainConfig,
     checkpoint_path: str | Path | None = None,
     progress: bool = True,
+    log=print,
 ) -> TrainResult:
     """SGD with a poly schedule over the cached k-shot features; resumes from `checkpoint_path`.
 
@@ -217,13 +228,18 @@ def train_prompts(
     steps_per_epoch = math.ceil(len(items) / config.batch_size)
     total = config.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - min(s, total) / total) ** config.poly_power)
-    fingerprint = _fingerprint(config, model, len(items))
+    fingerprint = _fingerprint(config, model, items)
 
     start = 0
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint:
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception:  # a checkpoint cut short by the interrupt itself: start over
+            state = {}
+        if state.get("fingerprint") != fingerprint:
+            log(f"{ckpt}: not resumable (other settings, data or backbones, or damaged); starting afresh")
+        else:
             with torch.no_grad():
                 for name in model.learnable_names:
                     getattr(model, name).copy_(state["learnables"][name])

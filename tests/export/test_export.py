@@ -62,18 +62,26 @@ def test_layer_norm_2d_exports_as_layer_normalization(fp32_export, torch_graph):
 
     assert not any(isinstance(m, LayerNorm2d) for m in torch_graph.modules())
     ops = [n.op_type for n in onnx.load(str(fp32_export.onnx)).graph.node]
-    # two in the encoder neck, one in the decoder upscaling, plus the ViTs' own LayerNorms
-    assert ops.count("LayerNormalization") >= 3
+    # LayerNorm2d's hand-written mean/variance would export as ReduceMean; nothing else uses it
+    assert "ReduceMean" not in ops and "LayerNormalization" in ops
 
 
-def test_fp32_export_passed_its_gate(fp32_export):
-    assert fp32_export.parity.precision == "fp32" and fp32_export.parity.passed
-    assert fp32_export.parity.label_agreement >= 0.999
+def test_export_graph_computes_what_the_trained_model_computes(torch_graph, pack_path):
+    model, _ = model_from_pack(load_pack(pack_path), device="cpu")
+    images = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8))
+    with torch.no_grad():
+        labels, _, masks, iou, _ = torch_graph(images)
+        pred = model(*model.encode(images))
+        expected = torch.nn.functional.interpolate(pred.semantic, size=(256, 256), mode="bilinear", align_corners=False).argmax(1)
+    torch.testing.assert_close(masks, pred.masks, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(iou, pred.iou, atol=1e-5, rtol=1e-5)
+    assert (labels == expected).float().mean() > 0.999
 
 
 def test_fp16_export_passes_its_own_threshold_with_normalisation_in_fp32(pack_path, tmp_path):
     result = export_pack(pack_path, tmp_path / "fp16", fp16=True, log=lambda *_: None)
-    assert result.parity.precision == "fp16" and result.parity.passed
+    min_agree, max_mean, max_max = parity_module.THRESHOLDS["fp16"]
+    assert result.parity.label_agreement >= min_agree and result.parity.mask_max_error <= max_max
     model = onnx.load(str(result.onnx))
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
     ln_inputs = {i for n in model.graph.node if n.op_type == "LayerNormalization" for i in n.input[1:]}
@@ -97,7 +105,7 @@ def test_triton_config_parses_and_names_the_real_io(fp32_export):
     pytest.importorskip("tritonclient.grpc")
     from ssprompt.export.triton import validate_config
 
-    (config_path,) = fp32_export.triton
+    config_path = fp32_export.triton[0]  # the ONNX Runtime model; [1] is the plan where TensorRT built one
     config = validate_config(config_path)
     assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 4
     assert [i.name for i in config.input] == [INPUT] and list(config.input[0].dims) == [256, 256, 3]
@@ -134,6 +142,14 @@ def test_truncated_pack_is_refused(pack_path, tmp_path):
     result = CliRunner().invoke(export_command, ["--prompts", str(cut), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and "cut.pt: not a readable pack" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_force_never_replaces_a_folder_that_is_not_an_export(pack_path, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--force"])
+    assert result.exit_code != 0 and "not an ssprompt export folder" in result.output
+    assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
 
 
 def test_existing_output_is_refused_without_force(pack_path, tmp_path):

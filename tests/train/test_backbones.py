@@ -32,7 +32,9 @@ def test_unreadable_sam_checkpoint_is_one_line_naming_the_file(tmp_path):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_uncached_clip_tag_says_what_to_fetch_without_downloading():
+def test_uncached_clip_tag_says_what_to_fetch_without_downloading(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # empty caches, whatever this machine has
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(BackboneError, match=r"ViT-B-16/openai.*--clip-pretrained FILE"):
         build_clip("ViT-B-16", "openai")
 
