@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .data import error_reason
+from ssprompt.runtime.images import error_reason
 
 __all__ = [
     "BackboneError",

@@ -15,11 +15,13 @@ LEARN_CHOICES = ("both", "spatial", "semantic")
 
 def _user_errors():
     """Exception types that are the user's input, reported as one line and a non-zero exit."""
+    from ssprompt.runtime.backends import ModelError
+
     from .backbones import BackboneError
     from .data import DataError
     from .pack import PackError
 
-    return (BackboneError, DataError, PackError, OSError, ValueError)
+    return (BackboneError, DataError, PackError, ModelError, OSError, ValueError)
 
 
 def _run(job):
@@ -177,7 +179,12 @@ DEMO_SETTINGS = {"shots": 4, "epochs": 20, "optimizer": "adamw", "lr": 2e-2, "nu
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False), help="Folder for everything the demo makes.")
 @click.option("--quiet", is_flag=True)
 def demo_command(out, quiet) -> None:
-    """The whole job on the embedded default: generate data, train prompts, evaluate, draw the weights."""
+    """The whole chain on the embedded default: generate data → train → export → ssp-run → ssp-bench."""
+    from ssprompt.export.pipeline import export_pack
+    from ssprompt.runtime.backends import open_runner
+    from ssprompt.runtime.bench import benchmark, environment, markdown_table, plot_latency
+    from ssprompt.runtime.run import segment_files
+
     from .config import ModelConfig, TrainConfig
     from .pipeline import train_pack
     from .synthetic import make_synthetic
@@ -187,19 +194,36 @@ def demo_command(out, quiet) -> None:
 
     def job():
         data = make_synthetic(out / "data")
-        click.echo(f"data: {data} (generated)")
+        click.echo(f"[1/4] data: {data} (generated)")
         config = TrainConfig(
             data=str(data), split="train", val_split="val", shots=s["shots"], epochs=s["epochs"],
             optimizer=s["optimizer"], lr=s["lr"], short_side=s["short_side"], cache_dir=str(out / "cache"),
         )
-        return train_pack(ModelConfig(num_prompts=s["num_prompts"]), config, out / "pack.pt", progress=not quiet,
-                          weights_plot=out / "weights.png", log=click.echo)
+        click.echo("[2/4] training prompts")
+        summary = train_pack(ModelConfig(num_prompts=s["num_prompts"]), config, out / "pack.pt", progress=not quiet,
+                             weights_plot=out / "weights.png", log=click.echo)
+        click.echo("[3/4] exporting one ONNX graph (parity-gated)")
+        exported = export_pack(out / "pack.pt", out / "model", force=True, log=click.echo)
+        val_images = sorted((data / "val" / "images").iterdir())[:4]
+        click.echo("[4/4] ssp-run on 4 held-out images, then ssp-bench")
+        segment_files(exported.onnx, val_images, out / "run", batch=2, with_overlay=True, progress=not quiet, log=click.echo)
+        with open_runner(exported.onnx) as runner:
+            rows = benchmark(runner, [1, 2], warmup=1, iters=5, progress=not quiet)
+            info = environment(runner)
+        (out / "bench.md").write_text(markdown_table(rows, info, f"ssp-bench {exported.onnx} --batch 1,2 --warmup 1 --iters 5"))
+        plot_latency(rows, info, out / "latency.png")
+        summary["export"] = {"seconds": exported.seconds, "onnx_mib": exported.onnx_bytes / 2**20,
+                             "parity": exported.parity.describe()}
+        return summary
 
     summary = _run(job)
     _print_summary(summary)
     click.echo(_format_metrics("learned prompts", summary["after"]))
-    click.echo(f"fusion weights: {out / 'weights.png'}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    click.echo(f"\n{out}/: pack.pt, weights.png (fusion weights), model/model.onnx, run/overlays/*.png, "
+               "run/labels/*.png, bench.md + latency.png, summary.json")
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "summary.json")
 
 
 if __name__ == "__main__":

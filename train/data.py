@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
+
+from ssprompt.runtime import images as runtime_images
+from ssprompt.runtime.images import IMAGE_EXTENSIONS, error_reason
+from ssprompt.runtime.postprocess import resize_label
 
 __all__ = [
     "error_reason",
@@ -56,9 +60,6 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
     "bicycle",
 )
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-)
 
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 _CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -286,64 +287,15 @@ def _extensions_text() -> str:
     return " ".join(sorted(IMAGE_EXTENSIONS))
 
 
-def error_reason(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when empty), for one-line errors."""
-    if isinstance(err, UnidentifiedImageError):
-        return "cannot identify image file"
-    if isinstance(err, FileNotFoundError):
-        return "file not found"
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]
-
-
 # --------------------------------------------------------------------------- reading
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as 8-bit RGB, EXIF orientation applied.
-
-    Grayscale and palette images are expanded, alpha is dropped and 16-bit
-    images are scaled to 0..255 by their bit depth.
-
-    Arguments:
-        path: image file.
-
-    Returns:
-        (H, W, 3) uint8 RGB array, H and W after EXIF rotation.
-
-    Raises:
-        DataError: when the file cannot be read or decoded.
-    """
-    path = Path(path)
+    """`ssprompt.runtime.images.read_image`, raising DataError: (H, W, 3) uint8 RGB, EXIF applied."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb(im, path)
-    except DataError:
-        raise
-    except (OSError, ValueError, SyntaxError) as err:
-        # Pillow raises SyntaxError for some malformed headers.
-        raise DataError(f"{path}: cannot read image ({error_reason(err)})") from err
-
-
-def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
-    if im.mode == "RGB":
-        return np.array(im, dtype=np.uint8)
-    if im.mode.startswith("I;16") or im.mode == "I":
-        values = np.asarray(im).astype(np.int64)
-        np.clip(values, 0, None, out=values)
-        # I;16 is 16-bit by definition; "I" holds 16-bit data unless larger values say otherwise.
-        bits = max(16, int(values.max(initial=0)).bit_length())
-        gray = np.rint(values * (255.0 / float(2**bits - 1))).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode in ("P", "PA"):
-        # Through RGBA so a palette transparency entry does not trip Pillow's warning.
-        im = im.convert("RGBA")
-    try:
-        return np.array(im.convert("RGB"), dtype=np.uint8)
-    except ValueError as err:
-        raise DataError(f"{path}: cannot read image (unsupported mode {im.mode})") from err
+        return runtime_images.read_image(path)
+    except runtime_images.ImageError as err:
+        raise DataError(str(err)) from err
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -499,28 +451,6 @@ def sample_k_shot(
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (no new values are invented).
-
-    Arguments:
-        label: (h, w) array of class indices.
-        size: target (H, W).
-
-    Returns:
-        (H, W) array, same dtype as ``label``.
-    """
-    if label.ndim != 2:
-        raise ValueError(f"label must be 2-D (H, W), got shape {label.shape}")
-    height, width = size
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    src_h, src_w = label.shape
-    # Sample at target pixel centres, as PIL's NEAREST does.
-    rows = np.minimum(((np.arange(height) + 0.5) * (src_h / height)).astype(np.int64), src_h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * (src_w / width)).astype(np.int64), src_w - 1)
-    return label[rows[:, None], cols[None, :]]
 
 
 def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:

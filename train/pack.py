@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .data import error_reason
+from ssprompt.runtime.images import error_reason
 
 __all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "package_version", "atomic_torch_save"]
 

@@ -1,0 +1,151 @@
+"""The job behind ssp-bench: latency percentiles, throughput and memory by batch size."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backends import Runner
+from .contract import INPUT
+
+__all__ = ["BenchRow", "benchmark", "environment", "markdown_table", "plot_latency"]
+
+
+@dataclass
+class BenchRow:
+    batch: int  # images per call
+    p50_ms: float  # median latency of one call
+    p90_ms: float
+    p99_ms: float
+    images_per_s: float  # batch / mean latency
+    host_peak_rss_mb: float  # process peak resident memory so far
+    gpu_peak_mb: float | None  # device memory in use at its highest (NVML), None without a GPU
+    timing: str  # "wall" (host clock) or "cuda-events"
+
+
+class _GpuMemory:
+    """Peak device memory in use, sampled through NVML where a GPU and nvidia-ml-py exist."""
+
+    def __init__(self) -> None:
+        self.handle = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.pynvml = pynvml
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no library, no driver or no device: report None
+            self.handle = None
+        self.peak = 0
+
+    def sample(self) -> None:
+        if self.handle is not None:
+            self.peak = max(self.peak, self.pynvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+
+    @property
+    def peak_mb(self) -> float | None:
+        return None if self.handle is None else self.peak / 2**20
+
+
+def benchmark(runner: Runner, batches: list[int], warmup: int = 3, iters: int = 20, progress: bool = True) -> list[BenchRow]:
+    """Time `iters` calls per batch size on random letterboxed-size uint8 input, after `warmup` calls."""
+    size = int(runner.metadata["input_size"])
+    rng = np.random.default_rng(0)
+    gpu = _GpuMemory()
+    rows = []
+    for batch in batches:
+        feed = {INPUT: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)}
+        for _ in range(warmup):
+            runner.infer(feed)
+        times = []
+        for _ in tqdm(range(iters), desc=f"batch {batch}", disable=not progress):
+            began = time.perf_counter()
+            runner.infer(feed)
+            wall_ms = (time.perf_counter() - began) * 1e3
+            gpu_ms = getattr(runner, "last_gpu_ms", None)
+            times.append(gpu_ms if gpu_ms is not None else wall_ms)
+            gpu.sample()
+        times_arr = np.asarray(times)
+        rows.append(BenchRow(
+            batch=batch,
+            p50_ms=float(np.percentile(times_arr, 50)),
+            p90_ms=float(np.percentile(times_arr, 90)),
+            p99_ms=float(np.percentile(times_arr, 99)),
+            images_per_s=batch / (float(times_arr.mean()) / 1e3),
+            host_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            gpu_peak_mb=gpu.peak_mb,
+            timing="cuda-events" if getattr(runner, "last_gpu_ms", None) is not None else "wall",
+        ))
+    return rows
+
+
+def environment(runner: Runner) -> dict:
+    """Backend, precision, device and versions, for the table's header."""
+    info = {
+        "model": str(runner.path),
+        "backend": runner.backend,
+        "device": runner.device,
+        "precision": runner.metadata.get("precision", "unknown"),
+        "input_size": runner.metadata.get("input_size"),
+        "prompts": runner.metadata.get("num_prompts"),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    for module in ("onnxruntime", "tensorrt"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def markdown_table(rows: list[BenchRow], info: dict, command: str) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        "  ".join(f"{k}: {v}" for k, v in info.items()) + "  ",
+        "",
+        "| batch | p50 ms | p90 ms | p99 ms | images/s | host peak RSS MB | GPU peak MB | timing |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gpu = "n/a" if r.gpu_peak_mb is None else f"{r.gpu_peak_mb:.0f}"
+        lines.append(f"| {r.batch} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {r.images_per_s:.2f} | "
+                     f"{r.host_peak_rss_mb:.0f} | {gpu} | {r.timing} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency(rows: list[BenchRow], info: dict, path) -> None:
+    """Latency (p50, with p90-p99 whiskers) and throughput against batch size, as a PNG."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib (pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = [r.batch for r in rows]
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax_lat.plot(batches, [r.p50_ms for r in rows], "o-", label="p50")
+    ax_lat.fill_between(batches, [r.p90_ms for r in rows], [r.p99_ms for r in rows], alpha=0.25, label="p90-p99")
+    ax_lat.set_xlabel("batch")
+    ax_lat.set_ylabel("ms per call")
+    ax_lat.legend()
+    ax_thr.plot(batches, [r.images_per_s for r in rows], "s-", color="#dd8452")
+    ax_thr.set_xlabel("batch")
+    for ax in (ax_lat, ax_thr):
+        ax.set_xticks(batches)
+    ax_thr.set_ylabel("images / s")
+    fig.suptitle(f"{info['backend']} ({info['device']}), {info['precision']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def rows_as_dicts(rows: list[BenchRow]) -> list[dict]:
+    return [asdict(r) for r in rows]

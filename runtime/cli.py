@@ -1,0 +1,92 @@
+"""Command lines: ssp-run and ssp-bench (numpy + TensorRT / ONNX Runtime; no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["run_command", "bench_command"]
+
+_backend = click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
+                        help="auto: TensorRT for .plan/.engine, ONNX Runtime for .onnx.")
+_provider = click.option("--provider", type=click.Choice(["auto", "tensorrt", "cuda", "cpu"]), default="auto", show_default=True,
+                         help="ONNX Runtime execution provider (auto: best available; falls back and says which ran).")
+
+
+def _user_errors():
+    from .backends import ModelError
+    from .images import ImageError
+
+    return (ModelError, ImageError, ValueError, OSError)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--batch", default=1, show_default=True, help="Images per engine call.")
+@click.option("--overlay", "with_overlay", is_flag=True, help="Also write colour overlays.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
+              help="A bad image: report and skip it, or stop the run.")
+@_backend
+@_provider
+@click.option("--quiet", is_flag=True)
+def run_command(model, inputs, out, batch, with_overlay, on_error, backend, provider, quiet) -> None:
+    """Segment images (files or folders) with an exported model: label PNGs, overlays, summary.json."""
+    from .run import segment_files
+
+    try:
+        summary = segment_files(model, list(inputs), out, batch, with_overlay, on_error == "skip", backend, provider,
+                                progress=not quiet, log=click.echo)
+    except _user_errors() as err:
+        raise click.ClickException(" ".join(str(err).split())) from None
+    click.echo(f"{len(summary['images'])} images segmented on {summary['backend']} ({summary['device']}), "
+               f"{len(summary['skipped'])} skipped; {Path(out) / 'summary.json'}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--batch", "batches", default="1,2,4,8", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--warmup", default=3, show_default=True)
+@click.option("--iters", default=20, show_default=True)
+@_backend
+@_provider
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Write the table to this markdown file.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a latency/throughput plot (PNG; needs matplotlib).")
+@click.option("--quiet", is_flag=True)
+def bench_command(model, batches, warmup, iters, backend, provider, as_json, markdown, plot, quiet) -> None:
+    """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
+    from .backends import open_runner
+    from .bench import benchmark, environment, markdown_table, plot_latency, rows_as_dicts
+
+    try:
+        sizes = [int(b) for b in batches.split(",")]
+        if not sizes or min(sizes) < 1 or iters < 1 or warmup < 0:
+            raise ValueError("--batch needs positive sizes, --iters at least 1, --warmup at least 0")
+    except ValueError as err:
+        raise click.ClickException(str(err) if "--" in str(err) else f"--batch {batches!r}: expected sizes like 1,2,4") from None
+    command = "ssp-bench " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "ssp-bench" else f"ssp-bench {model} --batch {batches}"
+    try:
+        with open_runner(model, backend, provider) as runner:
+            rows = benchmark(runner, sizes, warmup, iters, progress=not (quiet or as_json))
+            info = environment(runner)
+    except _user_errors() as err:
+        raise click.ClickException(" ".join(str(err).split())) from None
+    table = markdown_table(rows, info, command)
+    if markdown:
+        path = Path(markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(table)
+        os.replace(tmp, path)
+    if plot:
+        try:
+            plot_latency(rows, info, plot)
+        except RuntimeError as err:
+            raise click.ClickException(str(err)) from None
+    click.echo(json.dumps({"environment": info, "rows": rows_as_dicts(rows)}) if as_json else table)

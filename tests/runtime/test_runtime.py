@@ -1,0 +1,162 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ssprompt.runtime.backends import ModelError, OnnxRuntimeRunner, check_sidecar, open_runner
+from ssprompt.runtime.cli import bench_command, run_command
+from ssprompt.runtime.contract import INPUT, LABELS
+from ssprompt.runtime.postprocess import restore_labels
+from ssprompt.runtime.preprocess import letterbox
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(demo_run, tmp_path_factory) -> Path:
+    from ssprompt.export.pipeline import export_pack
+
+    return export_pack(demo_run[1], tmp_path_factory.mktemp("rt") / "model", log=lambda *_: None).onnx
+
+
+@pytest.fixture(scope="module")
+def val_images(synthetic_root) -> list[Path]:
+    return sorted((synthetic_root / "val" / "images").iterdir())[:3]
+
+
+def test_ssp_run_labels_equal_the_pytorch_model(onnx_model, val_images, demo_run, tmp_path):
+    import torch
+
+    from ssprompt.export.graph import ExportGraph
+    from ssprompt.train.pack import load_pack
+    from ssprompt.train.pipeline import model_from_pack
+
+    result = CliRunner().invoke(run_command, [str(onnx_model), *map(str, val_images), "--out", str(tmp_path), "--batch", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    model, _ = model_from_pack(load_pack(demo_run[1]), device="cpu")
+    graph = ExportGraph(model)
+    for path in val_images:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        square, placement = letterbox(image, 256, (124, 116, 104))
+        with torch.no_grad():
+            labels = graph(torch.from_numpy(square[None]))[0][0].numpy()
+        expected = restore_labels(labels, placement)
+        written = np.asarray(Image.open(tmp_path / "labels" / f"{path.stem}.png"))
+        assert written.shape == image.shape[:2]
+        np.testing.assert_array_equal(written, expected)
+
+
+def test_restore_labels_inverts_the_letterbox():
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4).repeat(10, 0).repeat(10, 1)  # 30 x 40, blocks of 10
+    square, placement = letterbox(np.zeros((30, 40, 3), np.uint8), 80)
+    boxed = np.full((80, 80), 255, np.uint8)
+    boxed[: placement.height, : placement.width] = labels.repeat(2, 0).repeat(2, 1)
+    np.testing.assert_array_equal(restore_labels(boxed, placement), labels)
+
+
+def test_summary_overlays_and_classes(onnx_model, val_images, tmp_path):
+    result = CliRunner().invoke(run_command, [str(onnx_model), str(val_images[0].parent), "--out", str(tmp_path), "--overlay", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["images"]) == 16 and summary["backend"] == "onnxruntime"
+    first = summary["images"][0]
+    assert first["height"] == 96 and first["width"] == 128 and first["classes"]
+    assert Image.open(tmp_path / "overlays" / f"{Path(first['file']).stem}.png").size == (128, 96)
+
+
+def test_bad_image_is_skipped_or_fails_by_flag(onnx_model, val_images, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    args = [str(onnx_model), str(val_images[0]), str(bad), "--quiet"]
+    skipped = CliRunner().invoke(run_command, args + ["--out", str(tmp_path / "a")])
+    assert skipped.exit_code == 0 and "notes.png" in skipped.output
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["skipped"][0]["file"] == str(bad)
+    failed = CliRunner().invoke(run_command, args + ["--out", str(tmp_path / "b"), "--on-error", "fail"])
+    assert failed.exit_code != 0 and "notes.png: cannot read image" in failed.output
+
+
+def test_empty_directory_is_a_clear_error(onnx_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(run_command, [str(onnx_model), str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "empty: no images" in result.output
+
+
+def test_bad_model_file_is_a_clear_error(val_images, tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00garbage")
+    result = CliRunner().invoke(run_command, [str(bad), str(val_images[0]), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and "model.onnx: not a loadable ONNX model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_runner_checks_inputs_against_the_model(onnx_model):
+    with OnnxRuntimeRunner(onnx_model) as runner:
+        assert runner.metadata["class_names"][0] == "background"
+        with pytest.raises(ValueError, match="must be uint8"):
+            runner.infer({INPUT: np.zeros((1, 256, 256, 3), np.float32)})
+        with pytest.raises(ValueError, match=r"shape \('batch', 256, 256, 3\)"):
+            runner.infer({INPUT: np.zeros((1, 128, 128, 3), np.uint8)})
+        assert runner.infer({INPUT: np.zeros((2, 256, 256, 3), np.uint8)})[LABELS].shape == (2, 256, 256)
+
+
+def test_engine_built_elsewhere_is_refused_with_rebuild_advice(tmp_path):
+    with pytest.raises(ModelError, match=r"built with TensorRT 10\.3 on NVIDIA A100.*this is TensorRT 10\.8 on Orin.*rebuild"):
+        check_sidecar(tmp_path / "model.plan", {"tensorrt_version": "10.3", "gpu": "NVIDIA A100"}, "10.8", "Orin")
+
+
+def test_engine_file_picks_the_tensorrt_runner_and_fails_cleanly_without_it(tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not an engine")
+    runner = open_runner(plan)
+    assert runner.backend == "tensorrt"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModelError, match="tensorrt package"):
+            runner.activate()
+    else:
+        with pytest.raises(ModelError, match="model.plan.json: missing"):
+            runner.activate()
+
+
+def test_ssp_bench_writes_a_well_formed_table(onnx_model, tmp_path):
+    md = tmp_path / "bench.md"
+    result = CliRunner().invoke(bench_command, [str(onnx_model), "--batch", "1,2", "--warmup", "0", "--iters", "2",
+                                                "--json", "--markdown", str(md)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [r["batch"] for r in data["rows"]] == [1, 2]
+    assert all(r["p50_ms"] > 0 and r["p50_ms"] <= r["p99_ms"] and r["images_per_s"] > 0 for r in data["rows"])
+    assert data["environment"]["backend"] == "onnxruntime" and data["environment"]["precision"] == "fp32"
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| batch | p50 ms") and len(rows) == 3
+
+
+TORCH_BLOCKED = """
+import sys
+for name in ("torch", "segment_anything", "open_clip", "torchvision"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+from ssprompt.runtime.cli import bench_command, run_command
+code = 0
+for command, args in ((run_command, {run}), (bench_command, {bench})):
+    try:
+        command.main(args, standalone_mode=False)
+    except SystemExit as exit_:
+        code = code or exit_.code
+assert not any(sys.modules.get(n) for n in ("torch", "segment_anything", "open_clip"))
+sys.exit(code)
+"""
+
+
+def test_runtime_runs_where_torch_cannot_be_imported(onnx_model, val_images, tmp_path):
+    run_args = [str(onnx_model), str(val_images[0]), "--out", str(tmp_path / "o"), "--overlay", "--quiet"]
+    bench_args = [str(onnx_model), "--batch", "1", "--warmup", "0", "--iters", "1", "--quiet"]
+    script = TORCH_BLOCKED.format(run=repr(run_args), bench=repr(bench_args))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "o" / "labels" / f"{val_images[0].stem}.png").is_file()
