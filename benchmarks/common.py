@@ -1,0 +1,38 @@
+"""Helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+
+def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: Path) -> Path:
+    """A pack over full-size backbones holding seeded random weights, with untrained default prompts.
+
+    Export and runtime behaviour (graph, sizes, latency) do not depend on weight values.
+    """
+    from ssprompt.runtime.palette import default_palette
+    from ssprompt.train.backbones import load_backbones
+    from ssprompt.train.config import ModelConfig
+    from ssprompt.train.model import SSPrompt
+    from ssprompt.train.pack import build_pack, save_pack
+
+    backbones = load_backbones(sam, clip, random_weights=True)
+    names = [f"class {i}" for i in range(classes)]
+    model = SSPrompt(backbones, names, ModelConfig(sam=sam, clip=clip, random_weights=True, num_prompts=prompts))
+    save_pack(build_pack(model, backbones, default_palette(classes), 255, {}, {}), path)
+    return path
+
+
+def header(title: str) -> list[str]:
+    import torch
+
+    return [
+        f"# {title}",
+        "",
+        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Date: {datetime.date.today()}; machine: {platform.machine()}, {torch.get_num_threads()} CPU threads; "
+        f"torch {torch.__version__}, Python {platform.python_version()}  ",
+    ]

@@ -1,0 +1,55 @@
+"""ssp-bench at full-size architecture (SAM ViT-B + CLIP ViT-B/16, random weights) on ONNX Runtime.
+
+Exports the graph (FP32, no parity gate: export_fullsize.py measures parity), then runs the
+same benchmark as `ssp-bench` on the available execution provider. Writes a markdown table
+and a latency plot.
+
+    python benchmarks/runtime_fullsize.py --out benchmarks/results/runtime_fullsize_cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import header, random_fullsize_pack  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sam", default="vit_b")
+    parser.add_argument("--clip", default="ViT-B-16")
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--classes", type=int, default=11)
+    parser.add_argument("--batch", default="1,2")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--provider", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime_fullsize_cpu.md"))
+    args = parser.parse_args()
+
+    from ssprompt.export.pipeline import export_pack
+    from ssprompt.runtime.backends import open_runner
+    from ssprompt.runtime.bench import benchmark, environment, markdown_table, plot_latency
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pack = random_fullsize_pack(args.sam, args.clip, args.prompts, args.classes, Path(tmp) / "pack.pt")
+        exported = export_pack(pack, Path(tmp) / "model", parity_gate=False, log=print)
+        with open_runner(exported.onnx, provider=args.provider) as runner:
+            rows = benchmark(runner, [int(b) for b in args.batch.split(",")], args.warmup, args.iters)
+            info = environment(runner)
+    lines = header(f"ssp-bench at full-size architecture ({args.sam} + {args.clip}, random weights)")
+    lines += [f"{args.prompts} spatial prompts, {args.classes} classes, 1024 x 1024 input. Same measurement as "
+              f"`ssp-bench MODEL --batch {args.batch} --warmup {args.warmup} --iters {args.iters}`.", ""]
+    table = markdown_table(rows, info, f"ssp-bench model.onnx --batch {args.batch} --warmup {args.warmup} --iters {args.iters}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n" + table)
+    plot_latency(rows, info, args.out.with_suffix(".png"))
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
