@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import platform
 import sys
 from pathlib import Path
+
+
+def fullsize_parser(doc: str) -> argparse.ArgumentParser:
+    """Arguments every full-size benchmark takes: the architecture and the task's size."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--sam", default="vit_b", help="SAM architecture (random weights)")
+    parser.add_argument("--clip", default="ViT-B-16", help="open_clip model name (random weights)")
+    parser.add_argument("--prompts", type=int, default=100, help="spatial prompts N")
+    parser.add_argument("--classes", type=int, default=11, help="classes C (CamVid has 11)")
+    return parser
 
 
 def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: Path) -> Path:

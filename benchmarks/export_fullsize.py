@@ -9,22 +9,17 @@ as `ssp-export` in FP32 and FP16. Writes a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import header, random_fullsize_pack  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_pack  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sam", default="vit_b")
-    parser.add_argument("--clip", default="ViT-B-16")
-    parser.add_argument("--prompts", type=int, default=100)
-    parser.add_argument("--classes", type=int, default=11)
+    parser = fullsize_parser(__doc__)
     parser.add_argument("--precisions", default="fp32,fp16")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export_fullsize.md"))
     args = parser.parse_args()

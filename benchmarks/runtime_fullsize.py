@@ -9,21 +9,16 @@ and a latency plot.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import header, random_fullsize_pack  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_pack  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sam", default="vit_b")
-    parser.add_argument("--clip", default="ViT-B-16")
-    parser.add_argument("--prompts", type=int, default=100)
-    parser.add_argument("--classes", type=int, default=11)
+    parser = fullsize_parser(__doc__)
     parser.add_argument("--batch", default="1,2")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
