@@ -29,10 +29,8 @@ def _dynamic_axes() -> dict[str, dict[int, str]]:
     return {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
 
 
-def export_onnx(graph: ExportGraph, path: str | Path) -> "onnx.ModelProto":  # noqa: F821
-    """Trace `graph` with the legacy TorchScript exporter (dynamic batch axis) and load the result."""
-    import onnx
-
+def export_onnx(graph: ExportGraph) -> "onnx.ModelProto":  # noqa: F821
+    """Trace `graph` with the legacy TorchScript exporter (dynamic batch axis); returns the model in memory."""
     inputs = dummy_inputs(graph.image_size, batch=2)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export

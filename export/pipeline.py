@@ -18,6 +18,7 @@ from .tensorrt import BatchRange, build_engine, tensorrt_available, trtexec_comm
 
 __all__ = ["ExportError", "ExportResult", "export_pack", "graph_metadata", "calibration_images"]
 
+DEFAULT_BATCH = BatchRange(1, 1, 8)
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 
@@ -90,7 +91,7 @@ def export_pack(
     sam_checkpoint: str | None = None,
     clip_pretrained: str | None = None,
     fp16: bool = False,
-    batch: BatchRange = BatchRange(1, 1, 8),
+    batch: BatchRange = DEFAULT_BATCH,
     engine: bool = False,
     triton: bool = False,
     calib: Path | None = None,
@@ -119,7 +120,7 @@ def export_pack(
     tmp = atomic_dir(out)
     try:
         log("tracing the graph to ONNX")
-        onnx_model = simplify(export_onnx(graph, tmp / MODEL_FILE))
+        onnx_model = simplify(export_onnx(graph))
         if fp16:
             log("converting to FP16 (normalisations, softmax and divisions stay FP32)")
             onnx_model = to_fp16(onnx_model)
