@@ -247,7 +247,7 @@ class TensorRTRunner(Runner):
         for name, (device, _) in self._buffers.items():
             self.context.set_tensor_address(name, device.ptr)
         with cuda.EventTimer(self.stream) as timer:
-            if not self.context.execute_async_v3(self.stream.handle):
+            if not self.context.execute_async_v3(int(self.stream.handle)):
                 raise RuntimeError(f"{self.path}: TensorRT execution failed")
         outputs = {}
         for spec in self.outputs:
