@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -70,7 +69,7 @@ def bench_command(model, batches, warmup, iters, backend, provider, as_json, mar
             raise ValueError("--batch needs positive sizes, --iters at least 1, --warmup at least 0")
     except ValueError as err:
         raise click.ClickException(str(err) if "--" in str(err) else f"--batch {batches!r}: expected sizes like 1,2,4") from None
-    command = "ssp-bench " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "ssp-bench" else f"ssp-bench {model} --batch {batches}"
+    command = f"ssp-bench {model} --batch {batches} --warmup {warmup} --iters {iters} --backend {backend} --provider {provider}"
     try:
         with open_runner(model, backend, provider) as runner:
             rows = benchmark(runner, sizes, warmup, iters, progress=not (quiet or as_json))
