@@ -52,6 +52,19 @@ class _GpuMemory:
         return None if self.handle is None else self.peak / 2**20
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which (unlike ru_maxrss) starts afresh at
+    exec, so a benchmark started from a bigger process does not report its parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def benchmark(runner: Runner, batches: list[int], warmup: int = 3, iters: int = 20, progress: bool = True) -> list[BenchRow]:
     """Time `iters` calls per batch size on random letterboxed-size uint8 input, after `warmup` calls."""
     size = int(runner.metadata["input_size"])
@@ -77,7 +90,7 @@ def benchmark(runner: Runner, batches: list[int], warmup: int = 3, iters: int = 
             p90_ms=float(np.percentile(times_arr, 90)),
             p99_ms=float(np.percentile(times_arr, 99)),
             images_per_s=batch / (float(times_arr.mean()) / 1e3),
-            host_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            host_peak_rss_mb=peak_rss_mb(),
             gpu_peak_mb=gpu.peak_mb,
             timing="cuda-events" if getattr(runner, "last_gpu_ms", None) is not None else "wall",
         ))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -181,8 +182,6 @@ DEMO_SETTINGS = {"shots": 4, "epochs": 20, "optimizer": "adamw", "lr": 2e-2, "nu
 def demo_command(out, quiet) -> None:
     """The whole chain on the embedded default: generate data → train → export → ssp-run → ssp-bench."""
     from ssprompt.export.pipeline import export_pack
-    from ssprompt.runtime.backends import open_runner
-    from ssprompt.runtime.bench import benchmark, environment, markdown_table, plot_latency
     from ssprompt.runtime.run import segment_files
 
     from .config import ModelConfig, TrainConfig
@@ -207,11 +206,11 @@ def demo_command(out, quiet) -> None:
         val_images = sorted((data / "val" / "images").iterdir())[:4]
         click.echo("[4/4] ssp-run on 4 held-out images, then ssp-bench")
         segment_files(exported.onnx, val_images, out / "run", batch=2, with_overlay=True, progress=not quiet, log=click.echo)
-        with open_runner(exported.onnx) as runner:
-            rows = benchmark(runner, [1, 2], warmup=1, iters=5, progress=not quiet)
-            info = environment(runner)
-        (out / "bench.md").write_text(markdown_table(rows, info, f"ssp-bench {exported.onnx} --batch 1,2 --warmup 1 --iters 5"))
-        plot_latency(rows, info, out / "latency.png")
+        # ssp-bench in its own process, as on an edge box: torch-free, and its peak RSS is the runtime's alone.
+        bench = [str(exported.onnx), "--batch", "1,2", "--warmup", "1", "--iters", "5", "--markdown", str(out / "bench.md"),
+                 "--plot", str(out / "latency.png"), "--quiet"]
+        subprocess.run([sys.executable, "-c", "from ssprompt.runtime.cli import bench_command; bench_command()", *bench],
+                       check=True, stdout=subprocess.DEVNULL)
         summary["export"] = {"seconds": exported.seconds, "onnx_mib": exported.onnx_bytes / 2**20,
                              "parity": exported.parity.describe()}
         return summary

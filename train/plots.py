@@ -28,7 +28,7 @@ def plot_fusion_weights(pack: dict, path: str | Path) -> Path:
     ax_sem.bar(range(len(semantic)), semantic, color=colours, edgecolor="black", linewidth=0.5)
     ax_sem.set_xticks(range(len(semantic)), pack["class_names"], rotation=35, ha="right")
     ax_sem.set_ylabel("semantic weight")
-    ax_sem.set_title("Learned fusion weights (0.5 = initial; above = learned prompt dominates)")
+    ax_sem.set_title("Learned fusion weights w (start 0.5; above: the learned prompt dominates)", fontsize=10)
     ax_spa.bar(range(len(spatial)), spatial, color="#4c72b0", width=1.0)
     ax_spa.set_xlabel("spatial prompt (grid point, row-major)")
     ax_spa.set_ylabel("spatial weight")
