@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +152,7 @@ def export_pack(
         if triton:
             from .triton import write_triton_repository
 
-            name = "ssprompt_" + hashlib.sha256(metadata["pack_sha256"].encode()).hexdigest()[:8]
+            name = "ssprompt_" + metadata["pack_sha256"][:8]
             triton_configs = write_triton_repository(
                 tmp / "triton", name, onnx_path, batch.max, tmp / PLAN_FILE if plan_path else None)
         onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))
