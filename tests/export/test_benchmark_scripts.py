@@ -19,6 +19,7 @@ def _table_rows(path: Path) -> list[list[str]]:
     [
         ("export_fullsize.py", ["--precisions", "fp32"], "precision"),
         ("runtime_fullsize.py", ["--batch", "1", "--warmup", "0", "--iters", "1"], "batch"),
+        ("train_step_memory.py", ["--batch", "1", "--chunk", "4"], "step s"),
     ],
 )
 def test_benchmark_script_writes_a_table(script, extra, header, tmp_path):
