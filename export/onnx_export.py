@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -99,30 +98,3 @@ def write_model(model: "onnx.ModelProto", path: str | Path, metadata: dict) -> P
     )
     onnx.checker.check_model(str(path))
     return path
-
-
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary folder beside `final`, to be renamed onto it when complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-
-
-def commit_dir(tmp: Path, final: Path, marker: str) -> None:
-    """Move `tmp` onto `final`. An existing `final` must be an earlier export (it holds
-    `marker`); it is renamed aside first and restored if the move fails."""
-    import shutil
-
-    backup = None
-    if final.exists():
-        if not (final / marker).is_file() or Path.cwd().resolve().is_relative_to(final.resolve()):
-            raise FileExistsError(f"{final}: not an ssprompt export folder (no {marker}); refusing to replace it")
-        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, backup)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, final)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)

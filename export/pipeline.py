@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +14,7 @@ import numpy as np
 from ssprompt.runtime.preprocess import letterbox
 from ssprompt.train.backbones import file_sha256
 
-from .onnx_export import atomic_dir, commit_dir, export_onnx, simplify, to_fp16, write_model
+from .onnx_export import export_onnx, simplify, to_fp16, write_model
 from .parity import Parity, check_parity
 from .tensorrt import BatchRange, build_engine, tensorrt_available, trtexec_command, write_sidecar
 
@@ -74,14 +77,37 @@ def calibration_images(image_size: int, pad_value, calib: Path | None, count: in
             raise ExportError(f"{calib}: no images for the parity check")
         images = [read_image(p) for p in files]
     else:
-        import tempfile
-
         from ssprompt.train.synthetic import make_synthetic
 
         with tempfile.TemporaryDirectory() as tmp:
             root = make_synthetic(Path(tmp) / "calib", n_train=count, n_val=1, seed=1234)
             images = [read_image(p) for p in sorted((root / "train" / "images").iterdir())]
     return np.stack([letterbox(image, image_size, pad_value)[0] for image in images])
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temporary folder beside `final`, to be renamed onto it when complete."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+
+
+def commit_dir(tmp: Path, final: Path, marker: str) -> None:
+    """Move `tmp` onto `final`. An existing `final` must be an earlier export (it holds
+    `marker`); it is renamed aside first and restored if the move fails."""
+    backup = None
+    if final.exists():
+        if not (final / marker).is_file() or Path.cwd().resolve().is_relative_to(final.resolve()):
+            raise FileExistsError(f"{final}: not an ssprompt export folder (no {marker}); refusing to replace it")
+        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, backup)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, final)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def export_pack(
@@ -158,8 +184,6 @@ def export_pack(
         onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))
         commit_dir(tmp, out, MODEL_FILE)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(

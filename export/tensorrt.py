@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssprompt.runtime.contract import INPUT
+from ssprompt.runtime.files import atomic_path
 
 __all__ = ["BatchRange", "tensorrt_available", "build_engine", "trtexec_command"]
 
@@ -102,8 +103,8 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
     plan_path.write_bytes(bytes(plan))
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    with atomic_path(timing_cache) as tmp:  # shared between builds: never leave half a cache
+        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"tensorrt_version": trt.__version__, "gpu": _gpu_name(), "batch": [batch.min, batch.opt, batch.max]}
 
 

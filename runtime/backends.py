@@ -207,7 +207,7 @@ class TensorRTRunner(Runner):
             raise ModelError(f"{sidecar_path}: missing; the engine's metadata comes from this file written by ssp-export")
         sidecar = json.loads(sidecar_path.read_text())
         check_sidecar(self.path, sidecar, trt.__version__, cuda.device_name())
-        self.metadata = {k: v for k, v in sidecar.items()}
+        self.metadata = dict(sidecar)
 
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -62,6 +61,7 @@ def bench_command(model, batches, warmup, iters, backend, provider, as_json, mar
     """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
     from .backends import open_runner
     from .bench import benchmark, environment, markdown_table, plot_latency, rows_as_dicts
+    from .files import write_text_atomic
 
     try:
         sizes = [int(b) for b in batches.split(",")]
@@ -78,11 +78,7 @@ def bench_command(model, batches, warmup, iters, backend, provider, as_json, mar
         raise click.ClickException(" ".join(str(err).split())) from None
     table = markdown_table(rows, info, command)
     if markdown:
-        path = Path(markdown)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(table)
-        os.replace(tmp, path)
+        write_text_atomic(markdown, table)
     if plot:
         try:
             plot_latency(rows, info, plot)

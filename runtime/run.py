@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backends import open_runner
+from .files import atomic_path, write_text_atomic
 from .images import ImageError, find_images, read_image
 from .postprocess import overlay
 from .segmenter import Segmenter
@@ -22,14 +21,8 @@ __all__ = ["segment_files", "write_png"]
 
 def write_png(array: np.ndarray, path: Path) -> None:
     """Write an image atomically: a temporary file beside `path`, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _label_image(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -102,8 +95,5 @@ def segment_files(
         bar.close()
         summary = {"model": str(model), "backend": runner.backend, "device": runner.device,
                    "precision": runner.metadata.get("precision"), "images": records, "skipped": skipped}
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".summary.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, out / "summary.json")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -34,9 +34,13 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, image_path: str | Path, flip: bool) -> str:
-        digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
-        return f"{digest}-{'flip' if flip else 'orig'}"
+    @staticmethod
+    def image_digest(image_path: str | Path) -> str:
+        return hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
+
+    @staticmethod
+    def key(image_digest: str, flip: bool) -> str:
+        return f"{image_digest}-{'flip' if flip else 'orig'}"
 
     def load(self, key: str) -> dict[str, torch.Tensor] | None:
         path = self.directory / f"{key}.pt"

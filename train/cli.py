@@ -182,6 +182,7 @@ DEMO_SETTINGS = {"shots": 4, "epochs": 20, "optimizer": "adamw", "lr": 2e-2, "nu
 def demo_command(out, quiet) -> None:
     """The whole chain on the embedded default: generate data → train → export → ssp-run → ssp-bench."""
     from ssprompt.export.pipeline import export_pack
+    from ssprompt.runtime.files import write_text_atomic
     from ssprompt.runtime.run import segment_files
 
     from .config import ModelConfig, TrainConfig
@@ -220,9 +221,7 @@ def demo_command(out, quiet) -> None:
     click.echo(_format_metrics("learned prompts", summary["after"]))
     click.echo(f"\n{out}/: pack.pt, weights.png (fusion weights), model/model.onnx, run/overlays/*.png, "
                "run/labels/*.png, bench.md + latency.png, summary.json")
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ A `torch.save`d dict of tensors and plain Python values, loadable with
 
 from __future__ import annotations
 
-import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.images import error_reason
 
 __all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "package_version", "atomic_torch_save"]
@@ -48,16 +47,8 @@ def package_version() -> str:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict) -> dict:

@@ -80,37 +80,35 @@ def encode_folder(
     device = model.dense_pe.device
     pad = sam_pad_value(model)
     out: list[list[Features]] = []
-    pairs = [(i, flip) for i in indices for flip in flips]
-    bar = tqdm(pairs, desc=desc, unit="img", disable=not progress)
-    per_image: list[Features] = []
-    for index, flip in bar:
+    bar = tqdm(indices, desc=desc, unit="img", disable=not progress)
+    for index in bar:
         sample = folder.samples[index]
-        key = cache.key(sample.image, flip)
-        entry = cache.load(key)
-        if entry is None:
-            image = read_image(sample.image)
-            if flip:
-                image = np.ascontiguousarray(image[:, ::-1])
-            boxed, placement = letterbox(image, model.image_size, pad_value=pad)
-            sam_emb, clip_feat = model.encode(torch.from_numpy(boxed)[None].to(device))
-            entry = {"sam": sam_emb[0], "clip": clip_feat[0], "extent": torch.tensor([placement.height, placement.width])}
-            cache.save(key, entry)
+        digest = cache.image_digest(sample.image)  # once per image, for every flip
+        image = None  # decoded only when some flip misses the cache
         label = read_label(sample, folder.num_classes, folder.void)
-        if flip:
-            label = label[:, ::-1]
-        if short_side > 0:
-            label = resize_label(np.ascontiguousarray(label), short_side_size(*label.shape, short_side))
-        per_image.append(
-            Features(
-                entry["sam"].to(device),
-                entry["clip"].to(device),
-                (int(entry["extent"][0]), int(entry["extent"][1])),
-                torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)).to(device),
+        per_image: list[Features] = []
+        for flip in flips:
+            key = cache.key(digest, flip)
+            entry = cache.load(key)
+            if entry is None:
+                image = read_image(sample.image) if image is None else image
+                view = np.ascontiguousarray(image[:, ::-1]) if flip else image
+                boxed, placement = letterbox(view, model.image_size, pad_value=pad)
+                sam_emb, clip_feat = model.encode(torch.from_numpy(boxed)[None].to(device))
+                entry = {"sam": sam_emb[0], "clip": clip_feat[0], "extent": torch.tensor([placement.height, placement.width])}
+                cache.save(key, entry)
+            flipped = np.ascontiguousarray(label[:, ::-1]) if flip else label
+            if short_side > 0:
+                flipped = resize_label(flipped, short_side_size(*flipped.shape, short_side))
+            per_image.append(
+                Features(
+                    entry["sam"].to(device),
+                    entry["clip"].to(device),
+                    (int(entry["extent"][0]), int(entry["extent"][1])),
+                    torch.from_numpy(flipped.astype(np.int64)).to(device),
+                )
             )
-        )
-        if len(per_image) == len(flips):
-            out.append(per_image)
-            per_image = []
+        out.append(per_image)
         bar.set_postfix(cached=cache.hits, computed=cache.misses)
     return out
 
