@@ -2,7 +2,8 @@
 
 Not for direct use: it exists to be traced by torch.onnx.export. Train and evaluate with
 `ssprompt.train.model.SSPrompt`. The wrapper
-- bakes the fused spatial prompts and the normalised fused semantic prompts as constants;
+- bakes the spatial prompts and the normalised semantic prompts as constants (fused for
+  SSPrompt; for a baseline, whatever its method feeds the decoder and the classifier);
 - decodes all N prompts in one call (no Python loop over chunks or images), so the batch
   axis stays dynamic;
 - swaps SAM's hand-written LayerNorm2d for `F.layer_norm` over channels, which exports as
@@ -63,8 +64,8 @@ class ExportGraph(nn.Module):
         self.swapped_layer_norms = _swap_layer_norm_2d(model.sam)
         self.model = model
         with torch.no_grad():
-            self.register_buffer("spatial", model.fused_spatial().detach().clone())  # (N, T, E)
-            self.register_buffer("semantic", F.normalize(model.fused_semantic(), dim=-1).detach().clone())  # (C, D)
+            self.register_buffer("spatial", model.spatial_prompts().detach().clone())  # (N, T, E)
+            self.register_buffer("semantic", F.normalize(model.semantic_prompts(), dim=-1).detach().clone())  # (C, D)
         self.image_size = model.image_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .config import METHODS
+
 __all__ = ["train_command", "eval_command", "synth_command", "demo_command"]
 
 LEARN_CHOICES = ("both", "spatial", "semantic")
@@ -57,7 +59,7 @@ def _print_summary(summary: dict) -> None:
     if summary["before"] and summary["after"]:
         click.echo(
             f"held-out mIoU: default prompts {100 * summary['before']['miou']:.1f} -> "
-            f"learned prompts {100 * summary['after']['miou']:.1f}"
+            f"{summary['method']} {100 * summary['after']['miou']:.1f}"
         )
 
 
@@ -81,8 +83,13 @@ def _backbone_options(fn):
 @_backbone_options
 @click.option("--shots", default=4, show_default=True, help="k labelled images per class.")
 @click.option("--prompts", "num_prompts", default=100, show_default=True, help="Spatial prompts N (a square: sqrt(N) x sqrt(N) point grid).")
-@click.option("--learn", type=click.Choice(LEARN_CHOICES), default="both", show_default=True, help="Ablation: which prompts learn.")
-@click.option("--fixed-weights", is_flag=True, help="Ablation: keep fusion weights at 0.5 (embeddings learn, weights do not).")
+@click.option("--method", type=click.Choice(METHODS), default="ssprompt", show_default=True,
+              help="SSPrompt, or a baseline trained and evaluated the same way: zero-shot (default prompts, no training), "
+                   "coop (learnable text context through CLIP's text tower), vspl (learnable point coordinates).")
+@click.option("--coop-init", default="a photo of a", show_default=True, help="CoOp: words whose embeddings start the context ('' = random).")
+@click.option("--coop-context", default=16, show_default=True, help="CoOp: context vectors when --coop-init is ''.")
+@click.option("--learn", type=click.Choice(LEARN_CHOICES), default="both", show_default=True, help="SSPrompt ablation: which prompts learn.")
+@click.option("--fixed-weights", is_flag=True, help="SSPrompt ablation: keep fusion weights at 0.5 (embeddings learn, weights do not).")
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=2, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
@@ -108,12 +115,15 @@ def train_command(**opts) -> None:
     out = Path(opts["out"])
     if out.exists() and not opts["force"]:
         raise click.ClickException(f"{out}: exists; pass --force to overwrite")
+    if opts["method"] != "ssprompt" and (opts["learn"] != "both" or opts["fixed_weights"]):
+        raise click.ClickException(f"--learn and --fixed-weights are SSPrompt ablations; --method {opts['method']} has no fusion weights")
 
     def job():
         model_config = ModelConfig(
             sam=opts["sam"], sam_checkpoint=opts["sam_checkpoint"], clip=opts["clip_name"],
-            clip_pretrained=opts["clip_pretrained"], random_weights=opts["random_weights"],
-            num_prompts=opts["num_prompts"], learn_spatial=opts["learn"] in ("both", "spatial"),
+            clip_pretrained=opts["clip_pretrained"], random_weights=opts["random_weights"], method=opts["method"],
+            coop_init=opts["coop_init"], coop_context=opts["coop_context"], num_prompts=opts["num_prompts"],
+            learn_spatial=opts["learn"] in ("both", "spatial"),
             learn_semantic=opts["learn"] in ("both", "semantic"), learn_weights=not opts["fixed_weights"],
         )
         config = TrainConfig(
@@ -154,7 +164,8 @@ def eval_command(pack, data, split, void, default_prompts, sam_checkpoint, clip_
     if as_json:
         click.echo(json.dumps(metrics))
     else:
-        click.echo(_format_metrics(f"{metrics['prompts']} prompts on {metrics['data']} ({metrics['images']} images)", metrics))
+        title = "default prompts (zero-shot)" if metrics["prompts"] == "default" else f"{metrics['method']} prompts"
+        click.echo(_format_metrics(f"{title} on {metrics['data']} ({metrics['images']} images)", metrics))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-__all__ = ["ModelConfig", "TrainConfig", "config_from_dict"]
+__all__ = ["METHODS", "ModelConfig", "TrainConfig", "config_from_dict"]
+
+METHODS = ("ssprompt", "zero-shot", "coop", "vspl")  # SSPrompt and the baselines of baselines.py
 
 
 @dataclass
@@ -15,17 +17,22 @@ class ModelConfig:
     clip: str = "tiny"  # open_clip model name, or tiny
     clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (not needed for tiny)
     random_weights: bool = False  # allow full-size backbones without weights (benchmarks, export tests)
+    method: str = "ssprompt"  # ssprompt, or a baseline: zero-shot, coop, vspl (see baselines.py)
+    coop_init: str = "a photo of a"  # CoOp: context initialised from these words' embeddings ("" = random)
+    coop_context: int = 16  # CoOp: context vectors M when coop_init is ""
     num_prompts: int = 100  # N spatial prompts, one per point of a sqrt(N) x sqrt(N) grid
     clip_grid: int = 0  # side of the dense CLIP feature grid; 0 = auto (about 2x CLIP's native grid)
-    learn_spatial: bool = True  # ablation: learn the spatial prompts and their weights
-    learn_semantic: bool = True  # ablation: learn the semantic prompts and their weights
-    learn_weights: bool = True  # ablation: False keeps every fusion weight at sigmoid(0) = 0.5
+    learn_spatial: bool = True  # ssprompt ablation: learn the spatial prompts and their weights
+    learn_semantic: bool = True  # ssprompt ablation: learn the semantic prompts and their weights
+    learn_weights: bool = True  # ssprompt ablation: False keeps every fusion weight at sigmoid(0) = 0.5
     decoder_chunk: int = 25  # prompts per mask-decoder call; bounds activation memory
 
     def __post_init__(self) -> None:
         side = math.isqrt(self.num_prompts)
         if self.num_prompts < 1 or side * side != self.num_prompts:
             raise ValueError(f"num_prompts must be a perfect square (a point grid), got {self.num_prompts}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.decoder_chunk < 1:
             raise ValueError(f"decoder_chunk must be positive, got {self.decoder_chunk}")
 

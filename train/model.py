@@ -3,6 +3,8 @@
 Only four tensors learn: the spatial prompts and their weight logits, the semantic prompts
 and their weight logits. SAM (image encoder, prompt encoder, mask decoder) and CLIP stay
 frozen; the frozen encoders run once per image (`encode`), the rest per step (`forward`).
+The same model runs the baselines (`config.method`, see baselines.py), which change only
+where the spatial and semantic prompts come from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backbones import Backbones
+from .baselines import CoOpTextEncoder, embed_points
 from .config import ModelConfig
 from .decoder import decode_masks
 from .dense_clip import DenseClipEncoder, auto_clip_grid
@@ -164,8 +167,7 @@ class SSPrompt(nn.Module):
 
         with torch.no_grad():
             points = grid_points(config.grid_side, self.image_size)  # (N, 2)
-            labels = torch.ones(points.shape[0], 1)  # one foreground point per prompt
-            default_spatial, _ = sam.prompt_encoder(points=(points[:, None, :], labels), boxes=None, masks=None)  # (N, T, E)
+            default_spatial = embed_points(sam.prompt_encoder, points)  # (N, T, E)
             dense_pe = sam.prompt_encoder.get_dense_pe()  # (1, E, h, w)
             no_mask = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, emb_h, emb_w)
             if default_semantic is None:
@@ -182,15 +184,23 @@ class SSPrompt(nn.Module):
         self.register_buffer("clip_mean", torch.tensor(clip_mean).reshape(1, 3, 1, 1) * 255.0)
         self.register_buffer("clip_std", torch.tensor(clip_std).reshape(1, 3, 1, 1) * 255.0)
 
-        # Learnables start at the defaults, with weights sigmoid(0) = 0.5.
-        self.learned_spatial = nn.Parameter(default_spatial.clone(), requires_grad=config.learn_spatial)
-        self.spatial_logit = nn.Parameter(
-            torch.zeros(points.shape[0]), requires_grad=config.learn_spatial and config.learn_weights
-        )
-        self.learned_semantic = nn.Parameter(default_semantic.clone(), requires_grad=config.learn_semantic)
+        # Learnables start at the defaults, with weights sigmoid(0) = 0.5; only SSPrompt trains them.
+        ssprompt = config.method == "ssprompt"
+        learn_spatial = ssprompt and config.learn_spatial
+        learn_semantic = ssprompt and config.learn_semantic
+        self.learned_spatial = nn.Parameter(default_spatial.clone(), requires_grad=learn_spatial)
+        self.spatial_logit = nn.Parameter(torch.zeros(points.shape[0]), requires_grad=learn_spatial and config.learn_weights)
+        self.learned_semantic = nn.Parameter(default_semantic.clone(), requires_grad=learn_semantic)
         self.semantic_logit = nn.Parameter(
-            torch.zeros(len(self.class_names)), requires_grad=config.learn_semantic and config.learn_weights
+            torch.zeros(len(self.class_names)), requires_grad=learn_semantic and config.learn_weights
         )
+        self.prompt_names: tuple[str, ...] = self.learnable_names  # every prompt tensor packs and checkpoints keep
+        if config.method == "coop":
+            self.coop = CoOpTextEncoder(backbones.clip, backbones.tokenizer, self.class_names, config.coop_init, config.coop_context)
+            self.prompt_names += ("coop.context",)
+        elif config.method == "vspl":
+            self.point_coords = nn.Parameter(points / self.image_size)  # (N, 2) in [0, 1] of the square input
+            self.prompt_names += ("point_coords",)
 
     @property
     def num_prompts(self) -> int:
@@ -201,7 +211,7 @@ class SSPrompt(nn.Module):
         return self.clip_dense.input_size
 
     def learnable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in (getattr(self, n) for n in self.learnable_names) if p.requires_grad]
+        return [p for p in (self.get_parameter(n) for n in self.prompt_names) if p.requires_grad]
 
     def fused_spatial(self) -> torch.Tensor:
         """NxTxE fused spatial prompts."""
@@ -210,6 +220,18 @@ class SSPrompt(nn.Module):
     def fused_semantic(self) -> torch.Tensor:
         """CxD fused semantic prompts (not normalised)."""
         return fuse_prompts(self.learned_semantic, self.default_semantic, self.semantic_logit)
+
+    def spatial_prompts(self) -> torch.Tensor:
+        """NxTxE prompts for SAM's decoder: fused (ssprompt), embedded learned points (vspl) or defaults."""
+        if self.config.method == "vspl":
+            return embed_points(self.sam.prompt_encoder, self.point_coords.clamp(0, 1) * self.image_size)
+        return self.fused_spatial()  # the defaults while learned = default, as in zero-shot and coop
+
+    def semantic_prompts(self) -> torch.Tensor:
+        """CxD prompts for the mask classifier (not normalised): fused (ssprompt), CoOp's text (coop) or defaults."""
+        if self.config.method == "coop":
+            return self.coop()
+        return self.fused_semantic()
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,6 +283,6 @@ class SSPrompt(nn.Module):
         Returns:
           (Prediction): masks BxNxmxm, iou BxN, class_logits BxNxC, semantic BxCxmxm.
         """
-        masks, iou = self.decode(sam_embeddings, self.fused_spatial())
-        logits = mask_class_logits(masks, clip_features, self.fused_semantic(), self.logit_scale)
+        masks, iou = self.decode(sam_embeddings, self.spatial_prompts())
+        logits = mask_class_logits(masks, clip_features, self.semantic_prompts(), self.logit_scale)
         return Prediction(masks, iou, logits, semantic_map(masks, iou, logits))

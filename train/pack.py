@@ -57,8 +57,8 @@ def build_pack(model, backbones, palette: list[list[int]], void: int, train_conf
 
     with torch.no_grad():
         tensors = {
-            "fused_spatial": model.fused_spatial(),
-            "fused_semantic": model.fused_semantic(),
+            "fused_spatial": model.spatial_prompts(),  # what the decoder and the classifier get, whatever the method
+            "fused_semantic": model.semantic_prompts(),
             "learned_spatial": model.learned_spatial,
             "spatial_logit": model.spatial_logit,
             "default_spatial": model.default_spatial,
@@ -67,6 +67,7 @@ def build_pack(model, backbones, palette: list[list[int]], void: int, train_conf
             "default_semantic": model.default_semantic,
             "grid_points": model.grid_points,
         }
+        tensors.update({n: model.get_parameter(n) for n in model.prompt_names if n not in tensors})  # a baseline's own
     return {
         "format": PACK_FORMAT,
         "format_version": PACK_FORMAT_VERSION,
@@ -136,6 +137,15 @@ def _check_shapes(path: Path, pack: dict) -> None:
     for name, shape in expected.items():
         if tuple(pack[name].shape) != shape:
             raise PackError(f"{path}: {name} has shape {tuple(pack[name].shape)}, expected {shape}")
+    method = pack["model_config"].get("method", "ssprompt")
+    method_tensors = {"coop": {"coop.context": (None, None)}, "vspl": {"point_coords": (n, 2)}}  # None: any size
+    for name, shape in method_tensors.get(method, {}).items():
+        tensor = pack.get(name)
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != len(shape) or any(
+            want is not None and got != want for got, want in zip(tensor.shape, shape)
+        ):
+            want = "x".join("?" if d is None else str(d) for d in shape)
+            raise PackError(f"{path}: a {method} pack needs {name}, a {want} tensor")
     if len(pack["class_names"]) != c:
         raise PackError(f"{path}: {len(pack['class_names'])} class names for {c} semantic prompts")
     if len(pack["palette"]) != c:

@@ -16,7 +16,7 @@ from .config import ModelConfig, TrainConfig, config_from_dict
 from .data import class_presence, open_folder, sample_k_shot
 from .model import SSPrompt
 from .pack import PackError, build_pack, load_pack, save_pack
-from .trainer import encode_folder, encoder_identity, evaluate, train_prompts
+from .trainer import TrainResult, encode_folder, encoder_identity, evaluate, train_prompts
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
 
@@ -82,11 +82,15 @@ def train_pack(
 
     before = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
     checkpoint = out.with_name(out.name + ".ckpt")
-    result = train_prompts(model, items, config, checkpoint_path=checkpoint, progress=progress, log=log)
+    if model_config.method == "zero-shot":  # the baseline that learns nothing: the pack holds the defaults
+        result = TrainResult(steps=0, resumed_from=0, losses=[], seconds=0.0)
+    else:
+        result = train_prompts(model, items, config, checkpoint_path=checkpoint, progress=progress, log=log)
     after = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
 
     metrics = {
         "final_loss": result.losses[-1] if result.losses else None,
+        "method": model_config.method,
         "val_split": config.val_split,
         "miou_default": before["miou"] if before else None,
         "miou": after["miou"] if after else None,
@@ -95,12 +99,15 @@ def train_pack(
     pack = build_pack(model, backbones, default_palette(folder.num_classes), folder.void, asdict(config), metrics)
     save_pack(pack, out)
     checkpoint.unlink(missing_ok=True)
-    if weights_plot:
+    if weights_plot and model_config.method != "ssprompt":
+        log(f"no fusion weights to plot: method {model_config.method} has none")
+    elif weights_plot:
         from .plots import plot_fusion_weights
 
         plot_fusion_weights(pack, weights_plot)
     return {
         "pack": str(out),
+        "method": model_config.method,
         "images": len(indices),
         "cache_hits": hits,
         "cache_misses": misses,
@@ -127,12 +134,13 @@ def model_from_pack(
     """Rebuild the trained model from a pack and the checkpoints it was trained against.
 
     Checkpoints default to the paths recorded in the pack; their sha256 must match it.
-    With `default_prompts`, the learnables stay at their initial values (zero-shot baseline).
+    With `default_prompts`, the model is the zero-shot baseline: nothing of the pack's learning is used.
     """
     config = config_from_dict(ModelConfig, pack["model_config"])
     ids = pack["backbones"]
     config = replace(
         config,
+        method="zero-shot" if default_prompts else config.method,
         sam_checkpoint=sam_checkpoint or config.sam_checkpoint,
         clip_pretrained=clip_pretrained or config.clip_pretrained,
         random_weights=config.random_weights if random_weights is None else random_weights,
@@ -148,8 +156,8 @@ def model_from_pack(
     model = SSPrompt(backbones, pack["class_names"], config, default_semantic=pack["default_semantic"])
     if not default_prompts:
         with torch.no_grad():
-            for name in SSPrompt.learnable_names:
-                getattr(model, name).copy_(pack[name])
+            for name in model.prompt_names:
+                model.get_parameter(name).copy_(pack[name])
     return model.to(pick_device(device)), backbones
 
 
@@ -178,5 +186,6 @@ def evaluate_pack(
     side = train_cfg.short_side if short_side is None else short_side
     items = [f[0] for f in encode_folder(model, folder, range(len(folder)), cache, side, (False,), progress, desc="encode")]
     metrics = evaluate(model, items, folder.num_classes, void, progress=progress)
-    metrics.update({"images": len(items), "prompts": "default" if default_prompts else "learned", "data": str(folder.location)})
+    metrics.update({"images": len(items), "prompts": "default" if default_prompts else "learned",
+                    "method": model.config.method, "data": str(folder.location)})
     return metrics

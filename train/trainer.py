@@ -239,8 +239,8 @@ def train_prompts(
             log(f"{ckpt}: not resumable (other settings, data or backbones, or damaged); starting afresh")
         else:
             with torch.no_grad():
-                for name in model.learnable_names:
-                    getattr(model, name).copy_(state["learnables"][name])
+                for name in model.prompt_names:
+                    model.get_parameter(name).copy_(state["learnables"][name])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start = int(state["step"])
@@ -252,7 +252,7 @@ def train_prompts(
             {
                 "fingerprint": fingerprint,
                 "step": step,
-                "learnables": {n: getattr(model, n).detach().cpu().clone() for n in model.learnable_names},
+                "learnables": {n: model.get_parameter(n).detach().cpu().clone() for n in model.prompt_names},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
             },

@@ -1,0 +1,138 @@
+"""Baselines (zero-shot, CoOp, VSPL): what each learns, that it trains, and that its pack round-trips."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from ssprompt.train.cli import train_command
+from ssprompt.train.config import ModelConfig, TrainConfig
+from ssprompt.train.model import SSPrompt
+from ssprompt.train.pack import PackError, load_pack, save_pack
+from ssprompt.train.pipeline import evaluate_pack, model_from_pack, train_pack
+
+CLASSES = ["background", "red disc", "green square", "blue triangle"]
+
+
+def _model(backbones, **kw) -> SSPrompt:
+    return SSPrompt(backbones, CLASSES, ModelConfig(num_prompts=16, **kw))
+
+
+def _encoded(model, batch=2):
+    images = torch.randint(0, 256, (batch, model.image_size, model.image_size, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(3))
+    return model.encode(images)
+
+
+@pytest.fixture(scope="module")
+def trained_packs(tiny_backbones, synthetic_root, tmp_path_factory):
+    """One short run of each baseline on the synthetic data: method -> (summary, pack path, cache)."""
+    work = tmp_path_factory.mktemp("baselines")
+    config = TrainConfig(data=str(synthetic_root), split="train", val_split="val", shots=1, epochs=3,
+                         optimizer="adamw", lr=5e-2, short_side=0, cache_dir=str(work / "cache"))
+    runs = {}
+    for method in ("zero-shot", "coop", "vspl"):
+        path = work / f"{method}.pt"
+        summary = train_pack(ModelConfig(num_prompts=16, method=method), config, path, progress=False, log=lambda *_: None)
+        runs[method] = (summary, path, work / "cache")
+    return runs
+
+
+def test_coop_context_from_words_reproduces_clip_text_embeddings(tiny_backbones):
+    model = _model(tiny_backbones, method="coop")
+    expected = tiny_backbones.clip.encode_text(tiny_backbones.tokenizer([f"a photo of a {name}." for name in CLASSES]))
+    assert model.coop.context.shape[0] == 4  # "a photo of a"
+    torch.testing.assert_close(model.semantic_prompts(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_coop_without_init_words_learns_m_random_vectors(tiny_backbones):
+    model = _model(tiny_backbones, method="coop", coop_init="", coop_context=7)
+    assert model.coop.context.shape == (7, tiny_backbones.clip.token_embedding.weight.shape[1])
+    assert model.semantic_prompts().shape == (len(CLASSES), model.default_semantic.shape[1])
+
+
+def test_coop_gradient_reaches_only_the_context_through_the_text_tower(tiny_backbones):
+    model = _model(tiny_backbones, method="coop")
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["coop.context"]
+    model(*_encoded(model)).semantic[:, 1].sum().backward()
+    assert model.coop.context.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "coop.context")
+
+
+def test_vspl_starts_at_the_grid_and_learns_only_point_coordinates(tiny_backbones):
+    model = _model(tiny_backbones, method="vspl")
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["point_coords"]
+    torch.testing.assert_close(model.point_coords * model.image_size, model.grid_points)
+    assert torch.equal(model.spatial_prompts(), model.default_spatial)
+    model(*_encoded(model)).semantic[:, 1].sum().backward()
+    assert model.point_coords.grad.abs().sum() > 0
+
+
+def test_zero_shot_has_nothing_to_learn(tiny_backbones):
+    model = _model(tiny_backbones, method="zero-shot")
+    assert model.learnable_parameters() == []
+    assert torch.equal(model.spatial_prompts(), model.default_spatial)
+    assert torch.equal(model.semantic_prompts(), model.default_semantic)
+
+
+def test_zero_shot_run_takes_no_step_and_keeps_the_default_miou(trained_packs):
+    summary, path, _ = trained_packs["zero-shot"]
+    assert summary["steps"] == 0
+    assert summary["after"]["miou"] == summary["before"]["miou"]
+    pack = load_pack(path)
+    assert torch.equal(pack["fused_semantic"], pack["default_semantic"])
+
+
+@pytest.mark.parametrize("method, learnable", [("coop", "coop.context"), ("vspl", "point_coords")])
+def test_baseline_training_moves_its_learnable_and_its_prompts(trained_packs, tiny_backbones, method, learnable):
+    summary, path, _ = trained_packs[method]
+    pack = load_pack(path)
+    assert summary["steps"] > 0 and pack["model_config"]["method"] == method
+    start = _model(tiny_backbones, method=method).get_parameter(learnable)
+    assert not torch.equal(pack[learnable], start)
+    changed = "fused_semantic" if method == "coop" else "fused_spatial"
+    default = "default_semantic" if method == "coop" else "default_spatial"
+    assert (pack[changed] - pack[default]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("method", ["coop", "vspl"])
+def test_baseline_pack_rebuilds_the_prompts_it_holds(trained_packs, method):
+    pack = load_pack(trained_packs[method][1])
+    model, _ = model_from_pack(pack, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(model.spatial_prompts(), pack["fused_spatial"])
+        torch.testing.assert_close(model.semantic_prompts(), pack["fused_semantic"])
+
+
+def test_default_prompts_of_a_coop_pack_evaluate_as_zero_shot(trained_packs, synthetic_root):
+    zero_summary = trained_packs["zero-shot"][0]
+    _, path, cache = trained_packs["coop"]
+    metrics = evaluate_pack(path, synthetic_root, "val", default_prompts=True, cache_dir=str(cache), short_side=0,
+                            device="cpu", progress=False)
+    assert metrics["method"] == "zero-shot"
+    assert metrics["miou"] == pytest.approx(zero_summary["after"]["miou"])
+
+
+def test_coop_pack_without_its_context_is_refused(trained_packs, tmp_path):
+    pack = load_pack(trained_packs["coop"][1])
+    del pack["coop.context"]
+    save_pack(pack, tmp_path / "broken.pt")
+    with pytest.raises(PackError, match=r"broken.pt: a coop pack needs coop.context"):
+        load_pack(tmp_path / "broken.pt")
+
+
+def test_export_bakes_the_baselines_prompts(trained_packs):
+    from ssprompt.export.graph import ExportGraph
+
+    model, _ = model_from_pack(load_pack(trained_packs["coop"][1]), device="cpu")
+    graph = ExportGraph(model)
+    with torch.no_grad():
+        torch.testing.assert_close(graph.semantic, F.normalize(model.semantic_prompts(), dim=-1))
+
+
+def test_ssprompt_ablation_flags_are_refused_for_a_baseline(tmp_path, synthetic_root):
+    result = CliRunner().invoke(train_command, ["--data", str(synthetic_root), "--split", "train", "--method", "coop",
+                                                "--learn", "spatial", "--out", str(tmp_path / "p.pt")])
+    assert result.exit_code != 0
+    assert "--method coop" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "p.pt").exists()

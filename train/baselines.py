@@ -1,0 +1,96 @@
+"""The methods SSPrompt is compared with, as other sources of prompts for the same frozen SAM + CLIP.
+
+Every method feeds SAM's decoder NxTxE spatial prompts and the mask classifier CxD semantic
+prompts; they differ only in where those come from and what learns:
+
+- ``ssprompt``: learnable embeddings fused with the defaults by learnable weights (model.py).
+- ``zero-shot``: the defaults, unchanged: SAM's prompt-encoder output for the grid points
+  and CLIP's class-name embeddings averaged over the 80 ImageNet templates. Nothing learns.
+- ``coop``: CoOp. M learnable context vectors stand before each class name's tokens and run
+  through CLIP's frozen text tower, with gradients, at every step. Spatial prompts: defaults.
+- ``vspl``: the 2-D point coordinates learn, through SAM's frozen prompt encoder.
+  Semantic prompts: defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["embed_points", "CoOpTextEncoder"]
+
+
+def embed_points(prompt_encoder: nn.Module, points: torch.Tensor) -> torch.Tensor:
+    """SAM's sparse prompt embeddings of one foreground point per prompt (differentiable in `points`).
+
+    Arguments:
+      prompt_encoder (nn.Module): segment_anything PromptEncoder.
+      points (torch.Tensor): Nx2 (x, y) pixel coordinates on the square model input.
+
+    Returns:
+      (torch.Tensor): NxTxE, T = 2 (the point and SAM's padding token).
+    """
+    labels = torch.ones(points.shape[0], 1, device=points.device)
+    sparse, _ = prompt_encoder(points=(points[:, None, :], labels), boxes=None, masks=None)
+    return sparse
+
+
+class CoOpTextEncoder(nn.Module):
+    """CoOp's learnable context through an open_clip CLIP's frozen text tower.
+
+    The prompt of class c is `[SOT] v_1 ... v_M <name_c> . [EOT]`; the v_m are one set of
+    context vectors shared by all classes (CoOp's unified context). They start as the token
+    embeddings of `init` ("a photo of a": M = 4) or, with no `init`, as N(0, 0.02) noise.
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer: Callable, class_names: Sequence[str], init: str = "a photo of a",
+                 context_tokens: int = 16) -> None:
+        super().__init__()
+        for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
+            if getattr(clip, attr, None) is None:
+                raise TypeError(f"CoOp needs an open_clip CLIP with a built-in text tower; {type(clip).__name__} has no {attr}")
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.pool_type = clip.text_pool_type
+        self.eos_id = getattr(clip, "text_eos_id", None)
+        device = clip.token_embedding.weight.device
+
+        with torch.no_grad():
+            if init:
+                init_tokens = tokenizer([init]).to(device)[0]
+                count = int((init_tokens != 0).sum()) - 2  # without SOT and EOT
+                context = clip.token_embedding(init_tokens[1:1 + count])  # (M, W)
+            else:
+                count = context_tokens
+                context = torch.randn(count, clip.token_embedding.weight.shape[1], device=device) * 0.02
+            placeholder = " ".join(["X"] * count)
+            tokens = tokenizer([f"{placeholder} {name}." for name in class_names]).to(device)  # (C, L)
+            embedded = clip.token_embedding(tokens)  # (C, L, W)
+        if count < 1:
+            raise ValueError(f"CoOp needs at least one context token, got {count} from {init!r}")
+        self.context = nn.Parameter(context.clone())
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)  # (C, 1, W): SOT
+        self.register_buffer("suffix", embedded[:, 1 + count:].clone(), persistent=False)  # (C, L-1-M, W): name, EOT, padding
+        self.register_buffer("positional", clip.positional_embedding.detach().clone(), persistent=False)  # (L, W)
+        mask = getattr(clip, "attn_mask", None)
+        self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        """
+        Returns:
+          (torch.Tensor): CxD class embeddings in CLIP's joint space (not normalised).
+        """
+        from open_clip.transformer import text_global_pool
+
+        classes = self.prefix.shape[0]
+        context = self.context.unsqueeze(0).expand(classes, -1, -1)  # (C, M, W)
+        x = torch.cat([self.prefix, context, self.suffix], dim=1) + self.positional  # (C, L, W)
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))
+        x = text_global_pool(x, self.tokens, self.pool_type, eos_token_id=self.eos_id)  # (C, W)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
