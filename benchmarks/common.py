@@ -7,6 +7,7 @@ import datetime
 import platform
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 def fullsize_parser(doc: str) -> argparse.ArgumentParser:
@@ -47,3 +48,28 @@ def header(title: str) -> list[str]:
         f"Date: {datetime.date.today()}; machine: {platform.machine()}, {torch.get_num_threads()} CPU threads; "
         f"torch {torch.__version__}, Python {platform.python_version()}  ",
     ]
+
+
+def table_lines(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns), *(f"| {' | '.join(map(str, row))} |" for row in rows)]
+
+
+def write_plot(path: Path, draw: Callable, title: str, panels: int = 1, size: tuple[float, float] = (7, 3.6)) -> None:
+    """One matplotlib figure of `panels` axes side by side, drawn by `draw(*axes)`, saved atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ssprompt.runtime.files import atomic_path
+
+    fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False)
+    try:
+        draw(*axes[0])
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .backends import Runner
 from .contract import INPUT
 
-__all__ = ["BenchRow", "benchmark", "environment", "markdown_table", "plot_latency"]
+__all__ = ["BenchRow", "GpuMemory", "benchmark", "environment", "markdown_table", "plot_latency", "peak_rss_mb", "rss_mb", "reset_peak_rss"]
 
 
 @dataclass
@@ -28,7 +28,7 @@ class BenchRow:
     timing: str  # "wall" (host clock) or "cuda-events"
 
 
-class _GpuMemory:
+class GpuMemory:
     """Peak device memory in use, sampled through NVML where a GPU and nvidia-ml-py exist."""
 
     def __init__(self) -> None:
@@ -52,24 +52,44 @@ class _GpuMemory:
         return None if self.handle is None else self.peak / 2**20
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux: VmHWM, which (unlike ru_maxrss) starts afresh at
-    exec, so a benchmark started from a bigger process does not report its parent's peak."""
+def _status_mb(field: str) -> float | None:
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which (unlike ru_maxrss) starts afresh at
+    exec, so a benchmark started from a bigger process does not report its parent's peak."""
+    peak = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now (Linux VmRSS), None where /proc is absent."""
+    return _status_mb("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Start VmHWM afresh from the current resident size (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def benchmark(runner: Runner, batches: list[int], warmup: int = 3, iters: int = 20, progress: bool = True) -> list[BenchRow]:
     """Time `iters` calls per batch size on random letterboxed-size uint8 input, after `warmup` calls."""
     size = int(runner.metadata["input_size"])
     rng = np.random.default_rng(0)
-    gpu = _GpuMemory()
+    gpu = GpuMemory()
     rows = []
     for batch in batches:
         feed = {INPUT: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)}

@@ -1,4 +1,4 @@
-"""The full-size benchmark scripts run end to end on the tiny config and write well-formed tables."""
+"""The benchmark scripts run end to end on the tiny config and write well-formed tables."""
 
 import subprocess
 import sys
@@ -7,27 +7,70 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--sam", "tiny", "--clip", "tiny", "--prompts", "16", "--classes", "3"]
+TINY = ["--sam", "tiny", "--clip", "tiny", "--prompts", "16"]
 
 
-def _table_rows(path: Path) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in path.read_text().splitlines() if line.startswith("| ")]
+def _tables(path: Path) -> list[list[list[str]]]:
+    """Every markdown table of a file: rows of cells, the separator row left out."""
+    tables, current = [], []
+    for line in path.read_text().splitlines() + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|-"):
+                current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _run(script: str, args: list[str], out: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    assert text.startswith("# ") and "Command: `python " in text
 
 
 @pytest.mark.parametrize(
-    "script, extra, header",
+    "script, extra, header, measurements",
     [
-        ("export_fullsize.py", ["--precisions", "fp32"], "precision"),
-        ("runtime_fullsize.py", ["--batch", "1", "--warmup", "0", "--iters", "1"], "batch"),
-        ("train_step_memory.py", ["--batch", "1", "--chunk", "4"], "step s"),
+        ("export_fullsize.py", ["--classes", "3", "--precisions", "fp32"], "precision", 1),
+        ("runtime_fullsize.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--iters", "1"], "batch", 1),
+        ("train_efficiency.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1"], "variant", 4),
     ],
 )
-def test_benchmark_script_writes_a_table(script, extra, header, tmp_path):
+def test_benchmark_script_writes_a_table(script, extra, header, measurements, tmp_path):
     out = tmp_path / "result.md"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *TINY, *extra, "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert out.read_text().startswith("# ") and "Command: `python " in out.read_text()
-    rows = _table_rows(out)
-    assert rows[0][0] == header and len(rows) == 2  # header and one measurement (the separator starts "|-")
-    assert len(rows[1]) == len(rows[0]) and all(rows[1])
+    _run(script, TINY + extra, out)
+    (rows,) = _tables(out)
+    assert rows[0][0] == header and len(rows) == 1 + measurements
+    assert all(len(row) == len(rows[0]) and all(row) for row in rows[1:])
+
+
+def test_train_efficiency_states_ratios_against_coop(tmp_path):
+    out = tmp_path / "efficiency.md"
+    _run("train_efficiency.py", TINY + ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1",
+                                        "--variants", "ssprompt-cached,coop-encoders"], out)
+    (rows,) = _tables(out)
+    by_variant = {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
+    coop = by_variant["CoOp (encoders in the loop, as CoOp trains)"]
+    assert coop["time vs CoOp"] == "+0 %" and coop["of which encoders"] != "n/a (cached)"
+    ssprompt = by_variant["SSPrompt, cached encoders"]
+    expected = 100 * (float(ssprompt["ms / training image"]) / float(coop["ms / training image"]) - 1)
+    assert float(ssprompt["time vs CoOp"].split()[0]) == pytest.approx(expected, abs=1.5)  # from rounded cells
+    assert (tmp_path / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_script_writes_method_ablation_and_class_tables(synthetic_root, tmp_path):
+    out = tmp_path / "quality.md"
+    _run("quality.py", TINY + ["--data", str(synthetic_root), "--shots", "2,1", "--epochs", "1", "--optimizer", "adamw",
+                               "--lr", "0.02", "--short-side", "0"], out)
+    methods, ablations, per_class = _tables(out)
+    assert methods[0] == ["method", "2-shot", "1-shot"]
+    assert [row[0] for row in methods[1:]] == ["zero-shot", "CoOp", "VSPL", "SSPrompt"]
+    assert methods[1][1] == methods[1][2]  # zero-shot does not depend on k
+    assert len(ablations) == 1 + 6 and ablations[-1][:4] == ["✓"] * 4
+    assert ablations[-1][4:] == methods[-1][1:]  # the full ablation row is the SSPrompt run itself
+    assert [row[0] for row in per_class[1:]] == ["background", "red disc", "green square", "blue triangle"]
+    assert all(0 <= float(v) <= 100 for row in methods[1:] for v in row[1:])
+    assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
