@@ -204,6 +204,8 @@ class Unfused:
     def __init__(self, model, device: str, fp16: bool, points_per_batch: int) -> None:
         import torch.nn.functional as F
 
+        if model.config.method != "ssprompt":  # `segment` re-creates SSPrompt's fusion by hand, as a user would
+            raise SystemExit(f"the unfused pipeline glues SSPrompt's prompts; this pack's method is {model.config.method}")
         self.model = model.to(device)
         self.device, self.fp16, self.points_per_batch = device, fp16, points_per_batch
         self.semantic = F.normalize(model.semantic_prompts().detach(), dim=-1)

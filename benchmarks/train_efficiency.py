@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import fullsize_parser, header, table_lines, write_plot  # noqa: E402
 
 from ssprompt.runtime.files import write_text_atomic  # noqa: E402
+from ssprompt.train.config import ModelConfig  # noqa: E402
 
 # id -> (row label, method, encoders run in every step)
 VARIANTS = {
@@ -58,7 +59,6 @@ def measure(args, variant: str) -> dict:
 
     from ssprompt.runtime.bench import peak_rss_mb, reset_peak_rss, rss_mb
     from ssprompt.train.backbones import load_backbones
-    from ssprompt.train.config import ModelConfig
     from ssprompt.train.model import SSPrompt
     from ssprompt.train.trainer import Features, segmentation_loss
 
@@ -166,7 +166,7 @@ def main() -> None:
         lines[-1] += f"GPU: {torch.cuda.get_device_name()}  "
     lines += [
         f"Batch {args.batch} images (4:3, labels 683 x 512), {args.prompts} spatial prompts (SSPrompt decoder in "
-        f"checkpointed chunks of 25), {args.classes} classes, SGD; mean of {args.steps} steps after {args.warmup} "
+        f"checkpointed chunks of {ModelConfig.decoder_chunk}), {args.classes} classes, SGD; mean of {args.steps} steps after {args.warmup} "
         f"warm-up. Peak memory: {'torch.cuda.max_memory_allocated' if gpu else 'the process peak resident set (VmHWM), reset before the timed steps'}; "
         "the step's own memory is that peak minus what was resident before the steps (weights, cached features). "
         "Ratios are against CoOp as it trains (paper Table 9: SSPrompt -36 % time, -53 % memory against CoOp).",

@@ -138,7 +138,7 @@ def export_pack(
     if out.exists() and not (out / MODEL_FILE).is_file():
         raise ExportError(f"{out}: exists and is not an ssprompt export folder (no {MODEL_FILE}); choose another --out")
     pack = load_pack(pack_path)
-    model, _ = model_from_pack(pack, sam_checkpoint, clip_pretrained, device="cpu")
+    model, _ = model_from_pack(pack, sam_checkpoint, clip_pretrained, device="cpu", source=pack_path)
     precision = "fp16" if fp16 else "fp32"
     graph = ExportGraph(model)
 

@@ -19,7 +19,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .backbones import BackboneError
+
 __all__ = ["embed_points", "CoOpTextEncoder"]
+
+_CONTEXT_SEED = 0
 
 
 def embed_points(prompt_encoder: nn.Module, points: torch.Tensor) -> torch.Tensor:
@@ -50,7 +54,8 @@ class CoOpTextEncoder(nn.Module):
         super().__init__()
         for attr in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
             if getattr(clip, attr, None) is None:
-                raise TypeError(f"CoOp needs an open_clip CLIP with a built-in text tower; {type(clip).__name__} has no {attr}")
+                raise BackboneError(f"--method coop needs an open_clip CLIP with a built-in text tower; "
+                                    f"{type(clip).__name__} has no {attr}")
         self.transformer = clip.transformer
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
@@ -62,15 +67,16 @@ class CoOpTextEncoder(nn.Module):
             if init:
                 init_tokens = tokenizer([init]).to(device)[0]
                 count = int((init_tokens != 0).sum()) - 2  # without SOT and EOT
+                if count < 1:
+                    raise ValueError(f"--coop-init {init!r} gives no context token")
                 context = clip.token_embedding(init_tokens[1:1 + count])  # (M, W)
             else:
                 count = context_tokens
-                context = torch.randn(count, clip.token_embedding.weight.shape[1], device=device) * 0.02
+                generator = torch.Generator().manual_seed(_CONTEXT_SEED)  # the same run gives the same start
+                context = (torch.randn(count, clip.token_embedding.weight.shape[1], generator=generator) * 0.02).to(device)
             placeholder = " ".join(["X"] * count)
             tokens = tokenizer([f"{placeholder} {name}." for name in class_names]).to(device)  # (C, L)
             embedded = clip.token_embedding(tokens)  # (C, L, W)
-        if count < 1:
-            raise ValueError(f"CoOp needs at least one context token, got {count} from {init!r}")
         self.context = nn.Parameter(context.clone())
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)  # (C, 1, W): SOT

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import METHODS
+from .config import METHODS, ModelConfig
 
 __all__ = ["train_command", "eval_command", "synth_command", "demo_command"]
 
@@ -58,7 +58,8 @@ def _print_summary(summary: dict) -> None:
     )
     if summary["before"] and summary["after"]:
         click.echo(
-            f"held-out mIoU: default prompts {100 * summary['before']['miou']:.1f} -> "
+            f"held-out mIoU: {'initial context' if summary['method'] == 'coop' else 'default prompts'} "
+            f"{100 * summary['before']['miou']:.1f} -> "
             f"{summary['method']} {100 * summary['after']['miou']:.1f}"
         )
 
@@ -86,8 +87,8 @@ def _backbone_options(fn):
 @click.option("--method", type=click.Choice(METHODS), default="ssprompt", show_default=True,
               help="SSPrompt, or a baseline trained and evaluated the same way: zero-shot (default prompts, no training), "
                    "coop (learnable text context through CLIP's text tower), vspl (learnable point coordinates).")
-@click.option("--coop-init", default="a photo of a", show_default=True, help="CoOp: words whose embeddings start the context ('' = random).")
-@click.option("--coop-context", default=16, show_default=True, help="CoOp: context vectors when --coop-init is ''.")
+@click.option("--coop-init", default=ModelConfig.coop_init, show_default=True, help="CoOp: words whose embeddings start the context ('' = random).")
+@click.option("--coop-context", type=int, help="CoOp: random context vectors, with --coop-init '' [default: 16].")
 @click.option("--learn", type=click.Choice(LEARN_CHOICES), default="both", show_default=True, help="SSPrompt ablation: which prompts learn.")
 @click.option("--fixed-weights", is_flag=True, help="SSPrompt ablation: keep fusion weights at 0.5 (embeddings learn, weights do not).")
 @click.option("--epochs", default=30, show_default=True)
@@ -109,7 +110,7 @@ def train_command(**opts) -> None:
 
     Re-running after an interrupt resumes from OUT.ckpt when the settings are the same.
     """
-    from .config import ModelConfig, TrainConfig
+    from .config import TrainConfig
     from .pipeline import train_pack
 
     out = Path(opts["out"])
@@ -117,12 +118,17 @@ def train_command(**opts) -> None:
         raise click.ClickException(f"{out}: exists; pass --force to overwrite")
     if opts["method"] != "ssprompt" and (opts["learn"] != "both" or opts["fixed_weights"]):
         raise click.ClickException(f"--learn and --fixed-weights are SSPrompt ablations; --method {opts['method']} has no fusion weights")
+    if opts["method"] != "coop" and (opts["coop_init"] != ModelConfig.coop_init or opts["coop_context"] is not None):
+        raise click.ClickException(f"--coop-init and --coop-context set up CoOp; they do not apply to --method {opts['method']}")
+    if opts["coop_init"] and opts["coop_context"] is not None:
+        raise click.ClickException("--coop-context sets the number of random context vectors: pass it with --coop-init ''")
 
     def job():
         model_config = ModelConfig(
             sam=opts["sam"], sam_checkpoint=opts["sam_checkpoint"], clip=opts["clip_name"],
             clip_pretrained=opts["clip_pretrained"], random_weights=opts["random_weights"], method=opts["method"],
-            coop_init=opts["coop_init"], coop_context=opts["coop_context"], num_prompts=opts["num_prompts"],
+            coop_init=opts["coop_init"], coop_context=opts["coop_context"] or ModelConfig.coop_context,
+            num_prompts=opts["num_prompts"],
             learn_spatial=opts["learn"] in ("both", "spatial"),
             learn_semantic=opts["learn"] in ("both", "semantic"), learn_weights=not opts["fixed_weights"],
         )
@@ -196,7 +202,7 @@ def demo_command(out, quiet) -> None:
     from ssprompt.runtime.files import write_text_atomic
     from ssprompt.runtime.run import segment_files
 
-    from .config import ModelConfig, TrainConfig
+    from .config import TrainConfig
     from .pipeline import train_pack
     from .synthetic import make_synthetic
 

@@ -33,6 +33,8 @@ class ModelConfig:
             raise ValueError(f"num_prompts must be a perfect square (a point grid), got {self.num_prompts}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.coop_context < 1:
+            raise ValueError(f"--coop-context must be at least 1, got {self.coop_context}")
         if self.decoder_chunk < 1:
             raise ValueError(f"decoder_chunk must be positive, got {self.decoder_chunk}")
 

@@ -199,8 +199,10 @@ class SSPrompt(nn.Module):
             self.coop = CoOpTextEncoder(backbones.clip, backbones.tokenizer, self.class_names, config.coop_init, config.coop_context)
             self.prompt_names += ("coop.context",)
         elif config.method == "vspl":
-            self.point_coords = nn.Parameter(points / self.image_size)  # (N, 2) in [0, 1] of the square input
-            self.prompt_names += ("point_coords",)
+            # (N, 2) logits of the points' (x, y) as fractions of the square input: a point can move anywhere
+            # inside it and never gets stuck at the border, as it would behind a clamp.
+            self.point_logits = nn.Parameter(torch.logit(points / self.image_size))
+            self.prompt_names += ("point_logits",)
 
     @property
     def num_prompts(self) -> int:
@@ -221,17 +223,21 @@ class SSPrompt(nn.Module):
         """CxD fused semantic prompts (not normalised)."""
         return fuse_prompts(self.learned_semantic, self.default_semantic, self.semantic_logit)
 
+    def point_coords(self) -> torch.Tensor:
+        """VSPL: Nx2 learned (x, y) pixel coordinates on the square input."""
+        return torch.sigmoid(self.point_logits) * self.image_size
+
     def spatial_prompts(self) -> torch.Tensor:
         """NxTxE prompts for SAM's decoder: fused (ssprompt), embedded learned points (vspl) or defaults."""
         if self.config.method == "vspl":
-            return embed_points(self.sam.prompt_encoder, self.point_coords.clamp(0, 1) * self.image_size)
-        return self.fused_spatial()  # the defaults while learned = default, as in zero-shot and coop
+            return embed_points(self.sam.prompt_encoder, self.point_coords())
+        return self.fused_spatial() if self.config.method == "ssprompt" else self.default_spatial
 
     def semantic_prompts(self) -> torch.Tensor:
         """CxD prompts for the mask classifier (not normalised): fused (ssprompt), CoOp's text (coop) or defaults."""
         if self.config.method == "coop":
             return self.coop()
-        return self.fused_semantic()
+        return self.fused_semantic() if self.config.method == "ssprompt" else self.default_semantic
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,13 @@ import torch
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.images import error_reason
 
+from .config import METHODS
+
 __all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "package_version", "atomic_torch_save"]
 
 PACK_FORMAT = "ssprompt.pack"
-PACK_FORMAT_VERSION = 1
+PACK_FORMAT_VERSION = 2  # 2: model_config.method and the baselines' learnables; version 1 packs read as ssprompt
+_READABLE_VERSIONS = (1, 2)
 
 _TENSORS = (
     "fused_spatial",
@@ -105,9 +108,10 @@ def load_pack(path: str | Path) -> dict:
         raise PackError(f"{path}: not a readable pack (truncated or not a torch.save file: {error_reason(err)[:160]})") from None
     if not isinstance(pack, dict) or pack.get("format") != PACK_FORMAT:
         raise PackError(f"{path}: not an ssprompt pack (no format {PACK_FORMAT!r})")
-    if pack.get("format_version") != PACK_FORMAT_VERSION:
+    if pack.get("format_version") not in _READABLE_VERSIONS:
         raise PackError(
-            f"{path}: pack format version {pack.get('format_version')!r}, this ssprompt reads version {PACK_FORMAT_VERSION}"
+            f"{path}: pack format version {pack.get('format_version')!r}, this ssprompt reads versions "
+            f"{', '.join(map(str, _READABLE_VERSIONS))}"
         )
     missing = [k for k in _REQUIRED if k not in pack]
     if missing:
@@ -138,7 +142,9 @@ def _check_shapes(path: Path, pack: dict) -> None:
         if tuple(pack[name].shape) != shape:
             raise PackError(f"{path}: {name} has shape {tuple(pack[name].shape)}, expected {shape}")
     method = pack["model_config"].get("method", "ssprompt")
-    method_tensors = {"coop": {"coop.context": (None, None)}, "vspl": {"point_coords": (n, 2)}}  # None: any size
+    if method not in METHODS:
+        raise PackError(f"{path}: unknown method {method!r} (this ssprompt knows {', '.join(METHODS)})")
+    method_tensors = {"coop": {"coop.context": (None, None)}, "vspl": {"point_logits": (n, 2)}}  # None: any size
     for name, shape in method_tensors.get(method, {}).items():
         tensor = pack.get(name)
         if not isinstance(tensor, torch.Tensor) or tensor.dim() != len(shape) or any(

@@ -92,7 +92,8 @@ def train_pack(
         "final_loss": result.losses[-1] if result.losses else None,
         "method": model_config.method,
         "val_split": config.val_split,
-        "miou_default": before["miou"] if before else None,
+        # The prompts training started from: the defaults, except CoOp's initial context ("a photo of a {name}.").
+        "miou_initial": before["miou"] if before else None,
         "miou": after["miou"] if after else None,
         "per_class": after["per_class"] if after else None,
     }
@@ -130,11 +131,13 @@ def model_from_pack(
     default_prompts: bool = False,
     device: str = "auto",
     random_weights: bool | None = None,
+    source: str | Path = "pack",
 ) -> tuple[SSPrompt, object]:
     """Rebuild the trained model from a pack and the checkpoints it was trained against.
 
     Checkpoints default to the paths recorded in the pack; their sha256 must match it.
     With `default_prompts`, the model is the zero-shot baseline: nothing of the pack's learning is used.
+    `source` names the pack (its file) in errors.
     """
     config = config_from_dict(ModelConfig, pack["model_config"])
     ids = pack["backbones"]
@@ -157,7 +160,11 @@ def model_from_pack(
     if not default_prompts:
         with torch.no_grad():
             for name in model.prompt_names:
-                model.get_parameter(name).copy_(pack[name])
+                target = model.get_parameter(name)
+                if pack[name].shape != target.shape:
+                    raise PackError(f"{source}: {name} has shape {tuple(pack[name].shape)}; "
+                                    f"these backbones need {tuple(target.shape)}")
+                target.copy_(pack[name])
     return model.to(pick_device(device)), backbones
 
 
@@ -181,7 +188,7 @@ def evaluate_pack(
     folder = open_folder(data, split, void)
     if folder.class_names != pack["class_names"]:
         raise PackError(f"{folder.location}: classes {folder.class_names} differ from the pack's {pack['class_names']}")
-    model, backbones = model_from_pack(pack, sam_checkpoint, clip_pretrained, default_prompts, device)
+    model, backbones = model_from_pack(pack, sam_checkpoint, clip_pretrained, default_prompts, device, source=pack_path)
     cache = FeatureCache(cache_dir or default_cache_dir(), encoder_identity(model, backbones))
     side = train_cfg.short_side if short_side is None else short_side
     items = [f[0] for f in encode_folder(model, folder, range(len(folder)), cache, side, (False,), progress, desc="encode")]

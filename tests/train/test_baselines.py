@@ -61,11 +61,19 @@ def test_coop_gradient_reaches_only_the_context_through_the_text_tower(tiny_back
 
 def test_vspl_starts_at_the_grid_and_learns_only_point_coordinates(tiny_backbones):
     model = _model(tiny_backbones, method="vspl")
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["point_coords"]
-    torch.testing.assert_close(model.point_coords * model.image_size, model.grid_points)
-    assert torch.equal(model.spatial_prompts(), model.default_spatial)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["point_logits"]
+    torch.testing.assert_close(model.point_coords(), model.grid_points)
+    torch.testing.assert_close(model.spatial_prompts(), model.default_spatial, rtol=1e-4, atol=1e-4)
     model(*_encoded(model)).semantic[:, 1].sum().backward()
-    assert model.point_coords.grad.abs().sum() > 0
+    assert model.point_logits.grad.abs().sum() > 0
+
+
+def test_vspl_points_stay_on_the_input_whatever_their_logits(tiny_backbones):
+    model = _model(tiny_backbones, method="vspl")
+    with torch.no_grad():
+        model.point_logits.mul_(1e3)  # far past the border, where a clamp would have stopped every gradient
+    coords = model.point_coords()
+    assert coords.min() >= 0 and coords.max() <= model.image_size
 
 
 def test_zero_shot_has_nothing_to_learn(tiny_backbones):
@@ -75,15 +83,15 @@ def test_zero_shot_has_nothing_to_learn(tiny_backbones):
     assert torch.equal(model.semantic_prompts(), model.default_semantic)
 
 
-def test_zero_shot_run_takes_no_step_and_keeps_the_default_miou(trained_packs):
+def test_zero_shot_run_takes_no_step_and_packs_the_defaults(trained_packs):
     summary, path, _ = trained_packs["zero-shot"]
-    assert summary["steps"] == 0
-    assert summary["after"]["miou"] == summary["before"]["miou"]
+    assert summary["steps"] == 0 and summary["final_loss"] is None
     pack = load_pack(path)
+    assert torch.equal(pack["fused_spatial"], pack["default_spatial"])
     assert torch.equal(pack["fused_semantic"], pack["default_semantic"])
 
 
-@pytest.mark.parametrize("method, learnable", [("coop", "coop.context"), ("vspl", "point_coords")])
+@pytest.mark.parametrize("method, learnable", [("coop", "coop.context"), ("vspl", "point_logits")])
 def test_baseline_training_moves_its_learnable_and_its_prompts(trained_packs, tiny_backbones, method, learnable):
     summary, path, _ = trained_packs[method]
     pack = load_pack(path)
@@ -121,13 +129,45 @@ def test_coop_pack_without_its_context_is_refused(trained_packs, tmp_path):
         load_pack(tmp_path / "broken.pt")
 
 
-def test_export_bakes_the_baselines_prompts(trained_packs):
+@pytest.mark.parametrize("method", ["coop", "vspl"])
+def test_export_bakes_the_prompts_the_baseline_learned(trained_packs, method):
     from ssprompt.export.graph import ExportGraph
 
-    model, _ = model_from_pack(load_pack(trained_packs["coop"][1]), device="cpu")
-    graph = ExportGraph(model)
+    pack = load_pack(trained_packs[method][1])
+    graph = ExportGraph(model_from_pack(pack, device="cpu")[0])
+    torch.testing.assert_close(graph.spatial, pack["fused_spatial"])
+    torch.testing.assert_close(graph.semantic, F.normalize(pack["fused_semantic"], dim=-1))
+    assert not torch.equal(graph.spatial if method == "vspl" else graph.semantic,
+                           pack["default_spatial"] if method == "vspl" else F.normalize(pack["default_semantic"], dim=-1))
+
+
+def test_interrupted_coop_run_resumes_its_context(tiny_backbones, synthetic_root, tmp_path):
+    from ssprompt.train.cache import FeatureCache
+    from ssprompt.train.data import open_folder, sample_k_shot
+    from ssprompt.train.trainer import encode_folder, encoder_identity, train_prompts
+
+    folder = open_folder(synthetic_root, "train")
+    model = SSPrompt(tiny_backbones, folder.class_names, ModelConfig(num_prompts=16, method="coop"))
+    cache = FeatureCache(tmp_path / "cache", encoder_identity(model, tiny_backbones))
+    items = encode_folder(model, folder, sample_k_shot(folder, 1), cache, short_side=0, progress=False)
+    config = TrainConfig(epochs=2, optimizer="adamw", lr=5e-2, short_side=0)
+    start = model.coop.context.detach().clone()
+    first = train_prompts(model, items, config, checkpoint_path=tmp_path / "run.ckpt", progress=False)
+    trained = model.coop.context.detach().clone()
     with torch.no_grad():
-        torch.testing.assert_close(graph.semantic, F.normalize(model.semantic_prompts(), dim=-1))
+        model.coop.context.copy_(start)  # as a new process would begin
+    again = train_prompts(model, items, config, checkpoint_path=tmp_path / "run.ckpt", progress=False)
+    assert again.resumed_from == first.steps and again.losses == []
+    assert torch.equal(model.coop.context, trained) and not torch.equal(trained, start)
+
+
+def test_coop_flags_are_refused_where_they_do_not_apply(tmp_path, synthetic_root):
+    base = ["--data", str(synthetic_root), "--split", "train", "--out", str(tmp_path / "p.pt")]
+    for extra, expected in ((["--method", "vspl", "--coop-init", "a photo"], "--method vspl"),
+                            (["--method", "coop", "--coop-context", "8"], "--coop-init ''")):
+        result = CliRunner().invoke(train_command, base + extra)
+        assert result.exit_code != 0 and expected in result.output, result.output
+    assert not (tmp_path / "p.pt").exists()
 
 
 def test_ssprompt_ablation_flags_are_refused_for_a_baseline(tmp_path, synthetic_root):

@@ -52,3 +52,19 @@ def test_pickled_objects_are_never_loaded(tmp_path):
     torch.save({"format": "ssprompt.pack", "x": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(PackError, match="not a readable pack"):
         load_pack(tmp_path / "evil.pt")
+
+
+def test_version_1_pack_reads_as_ssprompt(pack, tmp_path):
+    from ssprompt.train.pipeline import model_from_pack
+
+    old = dict(pack, format_version=1, model_config={k: v for k, v in pack["model_config"].items() if k != "method"})
+    save_pack(old, tmp_path / "v1.pt")
+    model, _ = model_from_pack(load_pack(tmp_path / "v1.pt"), device="cpu")
+    assert model.config.method == "ssprompt"
+    torch.testing.assert_close(model.spatial_prompts(), pack["fused_spatial"])
+
+
+def test_pack_of_an_unknown_method_is_refused(pack, tmp_path):
+    save_pack(dict(pack, model_config=dict(pack["model_config"], method="magic")), tmp_path / "magic.pt")
+    with pytest.raises(PackError, match=r"magic.pt: unknown method 'magic'"):
+        load_pack(tmp_path / "magic.pt")
