@@ -458,16 +458,6 @@ def model_for(row: RowSpec, spec: dict, onnx: dict[str, Path], work: Path) -> tu
     return built["plan"], ""
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device here")
-    return device
-
-
 def plan_rows(device: str, fp16: bool, tensorrt: bool) -> tuple[list[RowSpec], list[str]]:
     """The rows to run, and a note for each row left out."""
     precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
@@ -661,7 +651,12 @@ def main() -> None:
     from ssprompt.export.tensorrt import tensorrt_available
     from ssprompt.runtime.files import write_text_atomic
 
-    device = pick_device(args.device)
+    from ssprompt.train.pipeline import pick_device
+
+    try:
+        device = pick_device(args.device).type
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     fp16 = device == "cuda" if args.fp16 is None else args.fp16
     tensorrt = device == "cuda" and tensorrt_available()
     rows, skipped = plan_rows(device, fp16, tensorrt)

@@ -136,10 +136,12 @@ def ratio(value: float | None, reference: float | None) -> str:
 
 def main() -> None:
     args = parse_args()
-    if args.device == "auto":
-        import torch
+    from ssprompt.train.pipeline import pick_device
 
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        args.device = pick_device(args.device).type
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if args.worker:
         print(json.dumps(measure(args, args.worker)))
         return

@@ -84,9 +84,10 @@ def train_pack(
     checkpoint = out.with_name(out.name + ".ckpt")
     if model_config.method == "zero-shot":  # the baseline that learns nothing: the pack holds the defaults
         result = TrainResult(steps=0, resumed_from=0, losses=[], seconds=0.0)
+        after = before
     else:
         result = train_prompts(model, items, config, checkpoint_path=checkpoint, progress=progress, log=log)
-    after = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
+        after = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
 
     metrics = {
         "final_loss": result.losses[-1] if result.losses else None,
