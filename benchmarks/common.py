@@ -38,16 +38,45 @@ def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: 
     return path
 
 
+def gpu_description() -> str | None:
+    """GPU name, driver and CUDA versions, and onnxruntime's version and providers; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    driver = "unknown"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else driver
+    except Exception:  # noqa: BLE001 - no NVML: the driver version stays unknown
+        pass
+    text = f"GPU: {torch.cuda.get_device_name()}, driver {driver}, CUDA {torch.version.cuda}"
+    try:
+        import onnxruntime
+
+        text += f"; onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
+    except ImportError:
+        pass
+    return text
+
+
 def header(title: str) -> list[str]:
     import torch
 
-    return [
+    lines = [
         f"# {title}",
         "",
         f"Command: `python {' '.join(sys.argv)}`  ",
         f"Date: {datetime.date.today()}; machine: {platform.machine()}, {torch.get_num_threads()} CPU threads; "
         f"torch {torch.__version__}, Python {platform.python_version()}  ",
     ]
+    gpu = gpu_description()
+    if gpu:
+        lines.append(gpu + "  ")
+    return lines
 
 
 def table_lines(columns: list[str], rows: list[list[str]]) -> list[str]:

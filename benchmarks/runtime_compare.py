@@ -329,20 +329,29 @@ def count_flops(call: Callable[[np.ndarray], Outputs], image: np.ndarray) -> flo
 
 
 def runtime_worker(spec: dict) -> dict:
-    """Pipeline 1: the exported graph through ssprompt.runtime (no torch in this process)."""
+    """Pipeline 1: the exported graph through ssprompt.runtime (no torch in this process), configured as
+    ssp-bench runs it: ONNX Runtime gets one session per batch size with the batch axis fixed (and CUDA
+    graphs on CUDA); a TensorRT engine serves every batch size."""
     from ssprompt.runtime.backends import open_runner
     from ssprompt.runtime.contract import CONFIDENCE, INPUT, LABELS
 
     images = np.load(spec["images"])
     gpu = GpuPeak(spec["device"], torch_rows=False)
-    runner = open_runner(spec["model"], backend="tensorrt" if spec["kind"] == "trt" else "onnxruntime", provider=spec["provider"])
-    def call(feed: np.ndarray) -> Outputs:
-        outputs = runner.infer({INPUT: feed})
-        return outputs[LABELS], outputs[CONFIDENCE]
+    results, labels = {}, {}
+    for batch in sorted(spec["batches"]):
+        tensorrt = spec["kind"] == "trt"
+        runner = open_runner(spec["model"], backend="tensorrt" if tensorrt else "onnxruntime", provider=spec["provider"],
+                             batch=None if tensorrt else batch, cuda_graph=spec["device"] == "cuda")
 
-    with runner:
-        results, labels = time_batches(call, images, spec, gpu)
-        backend = f"{runner.backend} {runner.device}"
+        def call(feed: np.ndarray) -> Outputs:
+            outputs = runner.infer({INPUT: feed}, [LABELS, CONFIDENCE])
+            return outputs[LABELS], outputs[CONFIDENCE]
+
+        with runner:
+            result, label = time_batches(call, images, dict(spec, batches=[batch]), gpu)
+            backend = f"{runner.backend} {runner.device}"
+        results.update(result)
+        labels.update(label)
     np.savez(spec["labels"], **labels)
     masks = runner.metadata.get("num_prompts")
     return {"backend": backend, "batches": results, "masks_per_image": masks, "flops_per_image": None}
@@ -561,6 +570,10 @@ def notes(args: argparse.Namespace, device: str, skipped: list[str], peaks: dict
         "- GPU peak MB: torch.cuda.max_memory_allocated on torch rows; on runtime rows NVML's device memory in use "
         "(the whole device, CUDA context included, as ssp-bench reports it), n/a without NVML or CUDA.",
         "- Latency is host wall time per call, uint8 images in and the label map back on the host, for every row.",
+        "- The graph on ONNX Runtime runs as ssp-bench runs it: one session per batch size with the batch axis fixed"
+        f"{' and the call replayed as a CUDA graph' if device == 'cuda' else ''}; it copies the labels and confidences back.",
+        *([f"- AMG rows capped (--amg-images {args.amg_images}): batch 1 only, no warm-up, {args.amg_images} timed images, "
+           "no FLOP count (the CPU table has it)."] if args.amg_images else []),
         "- The unfused pipeline batches the encoders over a call's images; SAM's MaskDecoder takes one image, so it "
         f"decodes each image's points in batches of {args.points_per_batch}. The AMG pipeline takes one image at a "
         "time (a batch is a loop); pixels no kept mask covers get class 0.",
@@ -611,6 +624,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amg-box-nms-thresh", type=float, default=AMG_DEFAULTS["box_nms_thresh"])
     parser.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
     parser.add_argument("--gemm-size", type=int, help="side of the peak-measuring GEMM (default 4096 CUDA, 2048 CPU)")
+    parser.add_argument("--amg-images", type=int,
+                        help="cap the AMG rows: batch 1 only, no warm-up, this many timed images, no FLOP count")
+    parser.add_argument("--work", type=Path, help="reuse pack.pt and fp32/, fp16/ exports from export_fullsize.py --work")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime_compare_cpu.md"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -628,6 +644,17 @@ def export_graphs(pack: Path, work: Path, precisions: list[str]) -> dict[str, Pa
 
     return {p: export_pack(pack, work / f"model-{p}", fp16=p == "fp16", parity_gate=False,
                            log=lambda m: print(f"  export {p}: {m}", flush=True)).onnx for p in precisions}
+
+
+def reuse_exports(work: Path | None, precisions: list[str]) -> tuple[Path | None, dict[str, Path]]:
+    """pack.pt and <precision>/model.onnx that export_fullsize.py --work left in `work`, if all are there."""
+    if work is None or not (work / "pack.pt").is_file():
+        return None, {}
+    onnx = {p: work / p / "model.onnx" for p in precisions}
+    if not all(path.is_file() for path in onnx.values()):
+        return None, {}
+    print(f"reusing {work / 'pack.pt'} and its exports", flush=True)
+    return work / "pack.pt", onnx
 
 
 def write_images(onnx: Path, images_dir: Path | None, count: int, path: Path) -> None:
@@ -667,9 +694,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print(f"building a random {args.sam} + {args.clip} pack and exporting the graph", flush=True)
-        pack = random_fullsize_pack(args.sam, args.clip, args.prompts, args.classes, work / "pack.pt")
-        onnx = export_graphs(pack, work, precisions)
+        pack, onnx = reuse_exports(args.work, precisions)
+        if pack is None:
+            print(f"building a random {args.sam} + {args.clip} pack and exporting the graph", flush=True)
+            pack = random_fullsize_pack(args.sam, args.clip, args.prompts, args.classes, work / "pack.pt")
+            onnx = export_graphs(pack, work, precisions)
         write_images(onnx["fp32"], args.images, max(args.batches), work / "images.npy")
         base = {"device": device, "batches": args.batches, "warmup": args.warmup, "iters": args.iters,
                 "images": str(work / "images.npy"), "pack": str(pack), "provider": provider,
@@ -690,6 +719,8 @@ def main() -> None:
         for row in sorted(rows, key=lambda r: r != REFERENCE):  # the reference first: later rows compare with it
             spec = dict(base, kind=row.kind, precision=row.precision, labels=str(work / f"outputs-{row.tag}.npz"),
                         count_flops=args.flops and row.precision == "fp32" and row.kind in TORCH_KINDS)
+            if row.kind == "amg" and args.amg_images:
+                spec.update(batches=[1], warmup=0, iters=args.amg_images, count_flops=False)
             model, error = model_for(row, spec, onnx, work)
             result = None
             if model is not None:

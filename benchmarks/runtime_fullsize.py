@@ -1,48 +1,112 @@
 """ssp-bench at full-size architecture (SAM ViT-B + CLIP ViT-B/16, random weights) on ONNX Runtime.
 
-Exports the graph (FP32, no parity gate: export_fullsize.py measures parity), then runs the
-same benchmark as `ssp-bench` on the available execution provider. Writes a markdown table
-and a latency plot.
+Runs `ssp-bench` (each precision in its own process, so memory figures are the runtime's alone)
+on the FP32 and FP16 graphs that export_fullsize.py left in --work, or exports them here
+(no parity gate) when --work holds none. Writes one markdown table and a latency plot.
 
     python benchmarks/runtime_fullsize.py --out benchmarks/results/runtime_fullsize_cpu.md
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, random_fullsize_pack  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot  # noqa: E402
+
+COLUMNS = ["precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "host peak RSS MB", "GPU peak MB", "timing"]
+
+
+def bench_json(model: Path, args) -> dict:
+    """`ssp-bench --json` on `model` in a fresh process."""
+    command = [sys.executable, "-c", "from ssprompt.runtime.cli import bench_command; bench_command()", str(model),
+               "--batch", args.batch, "--warmup", str(args.warmup), "--iters", str(args.iters), "--provider", args.provider,
+               "--cuda-graph" if args.cuda_graph else "--no-cuda-graph", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"ssp-bench {model} failed:\n{done.stderr[-3000:]}")
+    for line in done.stderr.splitlines():
+        print(f"  ssp-bench: {line}", flush=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def models(work: Path, args) -> dict[str, Path]:
+    """precision -> model.onnx under `work`, exported here (no parity gate) where missing."""
+    from ssprompt.export.pipeline import export_pack
+
+    found = {}
+    for precision in args.precisions.split(","):
+        onnx = work / precision / "model.onnx"
+        if not onnx.is_file():
+            pack = work / "pack.pt"
+            if not pack.is_file():
+                random_fullsize_pack(args.sam, args.clip, args.prompts, args.classes, pack)
+            export_pack(pack, work / precision, fp16=precision == "fp16", parity_gate=False, force=True, log=print)
+        found[precision] = onnx
+    return found
 
 
 def main() -> None:
     parser = fullsize_parser(__doc__)
+    parser.add_argument("--precisions", default="fp32,fp16")
     parser.add_argument("--batch", default="1,2")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--provider", default="auto")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True, help="ssp-bench --cuda-graph (CUDA only)")
+    parser.add_argument("--work", type=Path, help="folder with pack.pt and fp32/, fp16/ exports (export_fullsize.py --work)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime_fullsize_cpu.md"))
     args = parser.parse_args()
 
-    from ssprompt.export.pipeline import export_pack
+    from ssprompt.runtime.files import write_text_atomic
 
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        pack = random_fullsize_pack(args.sam, args.clip, args.prompts, args.classes, Path(tmp) / "pack.pt")
-        exported = export_pack(pack, Path(tmp) / "model", parity_gate=False, log=print)
-        table = Path(tmp) / "bench.md"
-        # ssp-bench in its own process: its peak RSS is the runtime's, not this export's.
-        bench = [str(exported.onnx), "--batch", args.batch, "--warmup", str(args.warmup), "--iters", str(args.iters),
-                 "--provider", args.provider, "--markdown", str(table), "--plot", str(args.out.with_suffix(".png")), "--quiet"]
-        subprocess.run([sys.executable, "-c", "from ssprompt.runtime.cli import bench_command; bench_command()", *bench], check=True)
-        lines = header(f"ssp-bench at full-size architecture ({args.sam} + {args.clip}, random weights)")
-        lines += [f"{args.prompts} spatial prompts, {args.classes} classes, 1024 x 1024 input; the table below is "
-                  "`ssp-bench`'s own output, run in a separate process.", ""]
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n" + table.read_text())
-    print(args.out.read_text())
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for precision, onnx in models(work, args).items():
+            print(f"ssp-bench {precision}", flush=True)
+            results[precision] = bench_json(onnx, args)
+
+    rows = []
+    for precision, result in results.items():
+        for r in result["rows"]:
+            gpu = "n/a" if r["gpu_peak_mb"] is None else f"{r['gpu_peak_mb']:.0f} ({r['gpu_memory_scope']})"
+            rows.append([precision, str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                         f"{r['images_per_s']:.2f}", f"{r['host_peak_rss_mb']:.0f}", gpu, r["timing"]])
+    environment = next(iter(results.values()))["environment"]
+    lines = header(f"ssp-bench at full-size architecture ({args.sam} + {args.clip}, random weights)") + [
+        f"{args.prompts} spatial prompts, {args.classes} classes, 1024 x 1024 input; `ssp-bench --batch {args.batch} "
+        f"--warmup {args.warmup} --iters {args.iters} --provider {args.provider} --{'' if args.cuda_graph else 'no-'}cuda-graph` "
+        "on each graph in its own process. A call takes uint8 images on the host and returns the label map on the host.",
+        "  ".join(f"{k}: {v}" for k, v in environment.items() if k not in ("model", "precision")) + "  ",
+        "",
+        *table_lines(COLUMNS, rows),
+    ]
+    write_text_atomic(args.out, "\n".join(lines) + "\n")
+
+    def draw(ax_latency, ax_throughput) -> None:
+        for precision, result in results.items():
+            batches = [r["batch"] for r in result["rows"]]
+            ax_latency.plot(batches, [r["p50_ms"] for r in result["rows"]], "o-", label=f"{precision} p50")
+            ax_latency.fill_between(batches, [r["p50_ms"] for r in result["rows"]], [r["p99_ms"] for r in result["rows"]],
+                                    alpha=0.2)
+            ax_throughput.plot(batches, [r["images_per_s"] for r in result["rows"]], "s-", label=precision)
+        ax_latency.set_xlabel("batch")
+        ax_latency.set_ylabel("ms per call (band: p50-p99)")
+        ax_throughput.set_xlabel("batch")
+        ax_throughput.set_ylabel("images / s")
+        ax_latency.legend(fontsize=7)
+        ax_throughput.legend(fontsize=7)
+
+    write_plot(args.out.with_suffix(".png"), draw, f"ssp-bench, {args.sam} + {args.clip}, {environment['device']}", panels=2,
+               size=(9, 3.4))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -162,10 +162,6 @@ def main() -> None:
     memory_key = "gpu_peak_mb" if gpu else "peak_rss_mb"
     reference = rows.get(REFERENCE)
     lines = header(f"Training cost per image ({args.sam} SAM + {args.clip} CLIP, random weights), {args.device}")
-    if gpu:
-        import torch
-
-        lines[-1] += f"GPU: {torch.cuda.get_device_name()}  "
     lines += [
         f"Batch {args.batch} images (4:3, labels 683 x 512), {args.prompts} spatial prompts (SSPrompt decoder in "
         f"checkpointed chunks of {ModelConfig.decoder_chunk}), {args.classes} classes, SGD; mean of {args.steps} steps after {args.warmup} "

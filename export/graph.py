@@ -4,8 +4,11 @@ Not for direct use: it exists to be traced by torch.onnx.export. Train and evalu
 `ssprompt.train.model.SSPrompt`. The wrapper
 - bakes the spatial prompts and the normalised semantic prompts as constants (fused for
   SSPrompt; for a baseline, whatever its method feeds the decoder and the classifier);
-- decodes all N prompts in one call (no Python loop over chunks or images), so the batch
-  axis stays dynamic;
+- decodes the N prompts with `PromptDecoder` (prompt_decoder.py): SAM's decoder arithmetic laid
+  out for a graph, in static groups of the model's `decoder_chunk` prompts; no Python loop over
+  images, so the batch axis stays dynamic;
+- swaps the image encoder's attention for `EncoderAttention` (encoder_attention.py): relative
+  positions inside the q.k product, global attention in query chunks;
 - swaps SAM's hand-written LayerNorm2d for `F.layer_norm` over channels, which exports as
   one ONNX LayerNormalization node that TensorRT maps to a normalisation layer it can keep
   in FP32 (the hand-written mean/var/sqrt chain overflows in FP16).
@@ -20,10 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssprompt.runtime.contract import CLASS_IDS, CONFIDENCE, INPUT, IOU, LABELS, MASK_LOGITS, OUTPUTS
-from ssprompt.train.decoder import decode_masks
 from ssprompt.train.model import SSPrompt, mask_class_logits, semantic_map
 
-__all__ = ["ExportGraph", "ChannelLayerNorm", "dummy_inputs"]
+from .encoder_attention import swap_encoder_attention
+from .prompt_decoder import PromptDecoder
+
+ENCODER_QUERY_CHUNK = 1024  # queries of SAM's global attention whose logits are alive together
+
+__all__ = ["ExportGraph", "ChannelLayerNorm", "LAYOUTS", "dummy_inputs", "output_shapes"]
 
 
 class ChannelLayerNorm(nn.Module):
@@ -55,17 +62,48 @@ def _swap_layer_norm_2d(module: nn.Module) -> int:
     return swapped
 
 
+class SamLayoutDecoder(nn.Module):
+    """The decoder as SAM lays it out (the image embedding copied for every prompt, NCHW upscaling):
+    `train.decoder.decode_masks` in one call. Kept for the export ablation (benchmarks/gpu_ablation.py)."""
+
+    def __init__(self, model: SSPrompt, spatial: torch.Tensor) -> None:
+        super().__init__()
+        self.decoder = model.sam.mask_decoder
+        self.register_buffer("spatial", spatial.clone())
+        self.register_buffer("image_pe", model.dense_pe.clone())
+        self.register_buffer("dense", model.no_mask_dense.clone())
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BxExhxw image embeddings -> BxNx(4h)x(4w) mask logits, BxN IoU."""
+        from ssprompt.train.decoder import decode_masks
+
+        return decode_masks(self.decoder, image_embeddings, self.image_pe, self.spatial, self.dense)
+
+
+# "graph": PromptDecoder and EncoderAttention (what ships); "sam": SAM's own attention and decoder layout,
+# as exports were before them (kept for the ablation only).
+LAYOUTS = ("graph", "sam")
+
+
 class ExportGraph(nn.Module):
     """uint8 letterboxed images → per-pixel labels and confidences, per-prompt masks, IoU and classes."""
 
-    def __init__(self, model: SSPrompt) -> None:
+    def __init__(self, model: SSPrompt, layout: str = "graph") -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: choose {' or '.join(LAYOUTS)}")
         model = copy.deepcopy(model).cpu().eval()
         self.swapped_layer_norms = _swap_layer_norm_2d(model.sam)
+        self.swapped_attention = swap_encoder_attention(model.sam.image_encoder, ENCODER_QUERY_CHUNK) if layout == "graph" else 0
         self.model = model
         with torch.no_grad():
-            self.register_buffer("spatial", model.spatial_prompts().detach().clone())  # (N, T, E)
+            spatial = model.spatial_prompts().detach()  # (N, T, E)
             self.register_buffer("semantic", F.normalize(model.semantic_prompts(), dim=-1).detach().clone())  # (C, D)
+        if layout == "graph":
+            self.decoder = PromptDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, spatial,
+                                         model.config.decoder_chunk)
+        else:
+            self.decoder = SamLayoutDecoder(model, spatial)
         self.image_size = model.image_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -78,13 +116,20 @@ class ExportGraph(nn.Module):
         """
         model = self.model
         sam_embeddings, clip_features = model.encode_images(images)
-        masks, iou = decode_masks(model.sam.mask_decoder, sam_embeddings, model.dense_pe, self.spatial, model.no_mask_dense)
+        masks, iou = self.decoder(sam_embeddings)
         class_logits = mask_class_logits(masks, clip_features, self.semantic, model.logit_scale)
         semantic = semantic_map(masks, iou, class_logits)  # (B, C, M, M)
         semantic = F.interpolate(semantic, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         confidence, labels = semantic.max(dim=1)  # (B, S, S)
         class_ids = class_logits.argmax(dim=-1)
         return labels.to(torch.int32), confidence, masks, iou, class_ids.to(torch.int32)
+
+
+def output_shapes(model: SSPrompt) -> dict[str, tuple[int, ...]]:
+    """Every output's shape after the batch axis: what the graph declares and produces."""
+    size, mask, prompts = model.image_size, model.mask_size, model.num_prompts
+    return {LABELS: (size, size), CONFIDENCE: (size, size), MASK_LOGITS: (prompts, mask, mask), IOU: (prompts,),
+            CLASS_IDS: (prompts,)}
 
 
 def dummy_inputs(image_size: int, batch: int = 1) -> dict[str, torch.Tensor]:

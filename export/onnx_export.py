@@ -1,4 +1,4 @@
-"""Trace the export graph to ONNX, simplify it, make the FP16 variant and stamp the metadata."""
+"""Trace the export graph to ONNX, simplify it, declare its static shapes and stamp the metadata."""
 
 from __future__ import annotations
 
@@ -8,35 +8,44 @@ from pathlib import Path
 
 import torch
 
-from ssprompt.runtime.contract import INPUT, OUTPUTS, encode_metadata
+from ssprompt.runtime.contract import BATCH_AXIS, INPUT, OUTPUTS, encode_metadata
 
-from .graph import ExportGraph, dummy_inputs
+from .fp16 import to_fp16
+from .graph import ExportGraph, dummy_inputs, output_shapes
 
-__all__ = ["OPSET", "EXTERNAL_DATA_LIMIT", "export_onnx", "to_fp16", "write_model"]
+__all__ = ["OPSET", "EXTERNAL_DATA_LIMIT", "export_onnx", "declare_output_shapes", "to_fp16", "write_model"]
 
 OPSET = 17  # first opset with LayerNormalization
 EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which tensors go to a .data file (protobuf caps at 2 GB)
-# Kept in FP32 in FP16 graphs: normalisations and sums of squares (FP16 overflows past 65504),
-# and the softmax / division of the semantic map, whose small probabilities underflow.
-FP32_OPS = [
-    "LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare",
-    "Pow", "Sqrt", "Div", "Resize", "ArgMax", "ReduceMax",
-]
 
 
 def _dynamic_axes() -> dict[str, dict[int, str]]:
-    return {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
+    return {name: {0: BATCH_AXIS} for name in (INPUT, *OUTPUTS)}
 
 
 def export_onnx(graph: ExportGraph) -> "onnx.ModelProto":  # noqa: F821
-    """Trace `graph` with the legacy TorchScript exporter (dynamic batch axis); returns the model in memory."""
+    """Trace `graph` with the legacy TorchScript exporter, simplify it, and declare every axis but
+    the batch static. Returns the model in memory.
+    """
     inputs = dummy_inputs(graph.image_size, batch=2)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
     try:
-        return _trace(graph, inputs)
+        model = _trace(graph, inputs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+    return declare_output_shapes(simplify(model), output_shapes(graph.model))
+
+
+def declare_output_shapes(model: "onnx.ModelProto", shapes: dict[str, tuple[int, ...]]) -> "onnx.ModelProto":  # noqa: F821
+    """Write (batch, *shape) into each graph output's type; the tracer leaves data-dependent names there."""
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        dims.add().dim_param = BATCH_AXIS
+        for size in shapes[output.name]:
+            dims.add().dim_value = int(size)
+    return model
 
 
 def _trace(graph: ExportGraph, inputs: dict[str, torch.Tensor]) -> "onnx.ModelProto":  # noqa: F821
@@ -68,20 +77,6 @@ def simplify(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
     if model.ByteSize() > EXTERNAL_DATA_LIMIT:
         return model
     return onnxslim.slim(model)
-
-
-def to_fp16(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
-    """FP16 weights and activations, FP32 I/O, normalisation and softmax kept FP32.
-
-    The same graph a strongly typed TensorRT network (TensorRT 11) needs: precision is
-    decided in the ONNX file, not by builder flags.
-    """
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    converted = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + FP32_OPS, max_finite_val=65504.0
-    )
-    return simplify(converted)  # the converter can leave its casts out of topological order; onnxslim sorts
 
 
 def write_model(model: "onnx.ModelProto", path: str | Path, metadata: dict) -> Path:  # noqa: F821

@@ -1,4 +1,4 @@
-"""Parity gate: the exported ONNX model in ONNX Runtime (CPU) against the PyTorch graph."""
+"""Parity gate: the exported ONNX model in ONNX Runtime against the PyTorch graph it was traced from."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssprompt.runtime.contract import INPUT, LABELS, MASK_LOGITS, OUTPUTS
+from ssprompt.runtime.contract import CONFIDENCE, INPUT, LABELS, MASK_LOGITS, OUTPUTS
 
-__all__ = ["Parity", "THRESHOLDS", "check_parity"]
+__all__ = ["Parity", "THRESHOLDS", "check_parity", "compare", "onnx_outputs", "torch_outputs"]
 
 # precision -> (minimum label agreement, maximum mean |mask-logit error|, maximum max |mask-logit error|)
-THRESHOLDS = {"fp32": (0.999, 1e-3, 5e-2), "fp16": (0.98, 5e-2, 2.0)}
+THRESHOLDS = {"fp32": (0.999, 1e-3, 5e-2), "fp16": (0.99, 5e-2, 2.0)}
+COMPARED = (LABELS, CONFIDENCE, MASK_LOGITS)
 
 
 @dataclass
@@ -22,7 +23,9 @@ class Parity:
     label_agreement: float  # fraction of pixels with the same label
     mask_mean_error: float  # mean |mask logit ONNX - PyTorch|
     mask_max_error: float  # max |mask logit ONNX - PyTorch|
+    confidence_max_error: float  # max |confidence ONNX - PyTorch| (the winning class's probability)
     images: int  # images compared
+    provider: str = "CPUExecutionProvider"  # where ONNX Runtime ran the model
 
     @property
     def passed(self) -> bool:
@@ -32,31 +35,60 @@ class Parity:
     def describe(self) -> str:
         min_agree, max_mean, max_max = THRESHOLDS[self.precision]
         return (
-            f"{self.precision} parity on {self.images} images: labels agree on {100 * self.label_agreement:.3f}% "
-            f"(need {100 * min_agree:.1f}%), mask logits |err| mean {self.mask_mean_error:.2e} (max allowed {max_mean:.0e}), "
-            f"max {self.mask_max_error:.2e} (max allowed {max_max:.0e})"
+            f"{self.precision} parity on {self.images} images ({self.provider}): labels agree on "
+            f"{100 * self.label_agreement:.3f}% (need {100 * min_agree:.1f}%), mask logits |err| mean "
+            f"{self.mask_mean_error:.2e} (max allowed {max_mean:.0e}), max {self.mask_max_error:.2e} (max allowed {max_max:.0e})"
         )
 
 
-def check_parity(graph: torch.nn.Module, onnx_path: str | Path, images: np.ndarray, precision: str, batch: int = 2) -> Parity:
-    """Run both on `images` (K x S x S x 3 uint8) in batches and compare labels and mask logits."""
-    import onnxruntime as ort
+def torch_outputs(graph: torch.nn.Module, images: np.ndarray, batch: int = 2) -> dict[str, np.ndarray]:
+    """The PyTorch graph's labels, confidence and mask logits on `images` (K x S x S x 3 uint8), in float32
+    (TF32 off on a GPU)."""
+    device = next(graph.buffers()).device
+    parts = []
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        parts = _run_torch(graph, images, batch, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return {name: np.concatenate([p[name] for p in parts]) for name in COMPARED}
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    agree = total = 0
-    abs_sum = 0.0
-    abs_max = 0.0
-    count = 0
-    label_index, mask_index = OUTPUTS.index(LABELS), OUTPUTS.index(MASK_LOGITS)
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        with torch.no_grad():
-            reference = graph(torch.from_numpy(chunk))
-        onnx_out = session.run([LABELS, MASK_LOGITS], {INPUT: chunk})
-        agree += int((onnx_out[0] == reference[label_index].numpy()).sum())
-        total += onnx_out[0].size
-        diff = np.abs(onnx_out[1].astype(np.float64) - reference[mask_index].numpy())
-        abs_sum += float(diff.sum())
-        count += diff.size
-        abs_max = max(abs_max, float(diff.max()))
-    return Parity(precision, agree / total, abs_sum / count, abs_max, len(images))
+
+def _run_torch(graph: torch.nn.Module, images: np.ndarray, batch: int, device) -> list[dict[str, np.ndarray]]:
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            out = graph(torch.from_numpy(images[start:start + batch]).to(device))
+            parts.append({name: out[OUTPUTS.index(name)].cpu().numpy() for name in COMPARED})
+    return parts
+
+
+def onnx_outputs(onnx_path: str | Path, images: np.ndarray, batch: int = 2, provider: str = "cpu") -> tuple[dict, str]:
+    """ONNX Runtime's labels, confidence and mask logits on `images`, and the provider that ran.
+
+    float32 on the GPU means float32: TF32 matmuls are switched off for the comparison.
+    """
+    from ssprompt.runtime.backends import OnnxRuntimeRunner
+
+    parts = []
+    with OnnxRuntimeRunner(onnx_path, provider, cuda_options={"use_tf32": "0"}) as runner:
+        for start in range(0, len(images), batch):
+            parts.append(runner.infer({INPUT: images[start:start + batch]}, list(COMPARED)))
+        device = runner.device
+    return {name: np.concatenate([p[name] for p in parts]) for name in COMPARED}, device
+
+
+def compare(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray], precision: str, provider: str) -> Parity:
+    """Label agreement and mask-logit / confidence errors of `ours` against `reference`."""
+    masks = np.abs(ours[MASK_LOGITS].astype(np.float64) - reference[MASK_LOGITS])
+    confidence = np.abs(ours[CONFIDENCE].astype(np.float64) - reference[CONFIDENCE])
+    return Parity(precision, float(np.mean(ours[LABELS] == reference[LABELS])), float(masks.mean()), float(masks.max()),
+                  float(confidence.max()), len(reference[LABELS]), provider)
+
+
+def check_parity(graph: torch.nn.Module, onnx_path: str | Path, images: np.ndarray, precision: str,
+                 provider: str = "cpu") -> Parity:
+    """Run both on `images` (K x S x S x 3 uint8) and compare labels and mask logits."""
+    ours, device = onnx_outputs(onnx_path, images, provider=provider)
+    return compare(ours, torch_outputs(graph, images), precision, device)

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
 from ssprompt.train.backbones import file_sha256
 
-from .onnx_export import export_onnx, simplify, to_fp16, write_model
+from .fp16 import KEEP_FP32
+from .onnx_export import export_onnx, to_fp16, write_model
 from .parity import Parity, check_parity
 from .tensorrt import BatchRange, build_engine, tensorrt_available, trtexec_command, write_sidecar
 
@@ -85,6 +87,20 @@ def calibration_images(image_size: int, pad_value, calib: Path | None, count: in
     return np.stack([letterbox(image, image_size, pad_value)[0] for image in images])
 
 
+_TRACED: dict = {}  # the last graph traced: key -> onnx.ModelProto (FP32)
+
+
+def traced_graph(graph, key: tuple, log=print):
+    """`export_onnx(graph)`, remembering the last result by `key` (pack digest, checkpoints, layout), so that
+    exporting one pack in FP32 and then FP16 traces it once. Callers must not modify the returned graph
+    beyond its metadata."""
+    if key not in _TRACED:
+        _TRACED.clear()
+        log("tracing the graph to ONNX")
+        _TRACED[key] = export_onnx(graph)
+    return _TRACED[key]
+
+
 def atomic_dir(final: Path) -> Path:
     """A fresh temporary folder beside `final`, to be renamed onto it when complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +140,8 @@ def export_pack(
     force: bool = False,
     workspace_mib: int = 4096,
     timing_cache: Path | None = None,
+    parity_provider: str = "auto",
+    layout: str = "graph",
     log=print,
 ) -> ExportResult:
     from ssprompt.train.pack import load_pack
@@ -140,23 +158,36 @@ def export_pack(
     pack = load_pack(pack_path)
     model, _ = model_from_pack(pack, sam_checkpoint, clip_pretrained, device="cpu", source=pack_path)
     precision = "fp16" if fp16 else "fp32"
-    graph = ExportGraph(model)
+    graph = ExportGraph(model, layout)
 
     tmp = atomic_dir(out)
     try:
-        log("tracing the graph to ONNX")
-        onnx_model = simplify(export_onnx(graph))
+        onnx_model = traced_graph(graph, (file_sha256(pack_path), sam_checkpoint, clip_pretrained, layout), log)
         if fp16:
-            log("converting to FP16 (normalisations, softmax and divisions stay FP32)")
-            onnx_model = to_fp16(onnx_model)
+            log(f"converting to FP16 ({', '.join(KEEP_FP32)} stay FP32)")
+            try:
+                onnx_model = to_fp16(onnx_model)
+            except Exception as err:  # noqa: BLE001 - onnx raises its own checker errors
+                raise ExportError(f"FP16 conversion failed: {error_reason(err)}") from None
         metadata = graph_metadata(model, pack, pack_path, precision)
         onnx_path = write_model(onnx_model, tmp / MODEL_FILE, metadata)
         del onnx_model
 
         parity = None
         if parity_gate:
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise ExportError("the parity gate needs onnxruntime: pip install 'ssprompt[ort]' (CPU) or 'ssprompt[gpu]' "
+                                  "(NVIDIA), or pass --no-parity") from None
             images = calibration_images(model.image_size, sam_pad_value(model), calib)
-            parity = check_parity(graph, onnx_path, images, precision)
+            import torch
+
+            try:
+                parity = check_parity(graph.to("cuda" if torch.cuda.is_available() else "cpu"), onnx_path, images,
+                                      precision, parity_provider)
+            except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
+                raise ExportError(f"parity check could not run {MODEL_FILE}: {error_reason(err)}") from None
             log(parity.describe())
             if not parity.passed:
                 raise ExportError(f"parity gate failed: {parity.describe()}; nothing written")

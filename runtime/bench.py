@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import Runner
-from .contract import INPUT
+from .contract import INPUT, LABELS
 
 __all__ = ["BenchRow", "GpuMemory", "benchmark", "environment", "markdown_table", "plot_latency", "peak_rss_mb", "rss_mb", "reset_peak_rss"]
 
@@ -23,16 +25,22 @@ class BenchRow:
     p90_ms: float
     p99_ms: float
     images_per_s: float  # batch / mean latency
-    host_peak_rss_mb: float  # process peak resident memory so far
+    host_peak_rss_mb: float  # process peak resident memory while this batch size's runner lived (Linux; else so far)
     gpu_peak_mb: float | None  # device memory in use at its highest (NVML), None without a GPU
     timing: str  # "wall" (host clock) or "cuda-events"
+    gpu_memory_scope: str | None = None  # "process" (this process, NVML) or "device" (the whole GPU), None without one
 
 
 class GpuMemory:
-    """Peak device memory in use, sampled through NVML where a GPU and nvidia-ml-py exist."""
+    """Peak device memory in use, sampled through NVML where a GPU and nvidia-ml-py exist.
+
+    This process's memory (CUDA context, weights, arenas) where NVML lists the process; where it
+    does not (some containers hide PIDs), the whole device's, and `scope` says which.
+    """
 
     def __init__(self) -> None:
         self.handle = None
+        self.scope: str | None = None
         try:
             import pynvml
 
@@ -43,9 +51,24 @@ class GpuMemory:
             self.handle = None
         self.peak = 0
 
+    def current(self) -> int | None:
+        """Bytes in use now, or None without NVML."""
+        if self.handle is None:
+            return None
+        try:
+            for process in self.pynvml.nvmlDeviceGetComputeRunningProcesses(self.handle):
+                if process.pid == os.getpid() and process.usedGpuMemory:
+                    self.scope = "process"
+                    return int(process.usedGpuMemory)
+        except Exception:  # noqa: BLE001 - NVML builds without per-process accounting
+            pass
+        self.scope = "device"
+        return int(self.pynvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+
     def sample(self) -> None:
-        if self.handle is not None:
-            self.peak = max(self.peak, self.pynvml.nvmlDeviceGetMemoryInfo(self.handle).used)
+        used = self.current()
+        if used is not None:
+            self.peak = max(self.peak, used)
 
     @property
     def peak_mb(self) -> float | None:
@@ -85,23 +108,43 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def benchmark(runner: Runner, batches: list[int], warmup: int = 3, iters: int = 20, progress: bool = True) -> list[BenchRow]:
-    """Time `iters` calls per batch size on random letterboxed-size uint8 input, after `warmup` calls."""
-    size = int(runner.metadata["input_size"])
+def benchmark(open_batch: Callable[[int], Runner], batches: list[int], warmup: int = 3, iters: int = 20,
+              outputs: tuple[str, ...] | None = (LABELS,), progress: bool = True, log=None) -> tuple[list[BenchRow], Runner]:
+    """Time `iters` calls per batch size on random letterboxed-size uint8 input, after `warmup` calls.
+
+    Each batch size gets its own runner from `open_batch(batch)` (ONNX Runtime fixes the batch axis
+    per session), activated before the warm-up and deactivated after; GPU memory is this process's
+    peak while that runner lived. A call copies `outputs` (None: all) back to the host; ssp-run needs labels.
+    `log` gets each distinct provider-fallback note once.
+
+    Returns:
+      (list[BenchRow]): one row per batch size.
+      (Runner): the last runner (deactivated), for its description.
+    """
     rng = np.random.default_rng(0)
-    gpu = GpuMemory()
     rows = []
+    runner = None
+    told: set[str] = set()
     for batch in batches:
-        feed = {INPUT: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)}
-        for _ in range(warmup):
-            runner.infer(feed)
-        times = []
-        for _ in tqdm(range(iters), desc=f"batch {batch}", disable=not progress):
-            began = time.perf_counter()
-            runner.infer(feed)
-            wall_ms = (time.perf_counter() - began) * 1e3
-            gpu_ms = getattr(runner, "last_gpu_ms", None)
-            times.append(gpu_ms if gpu_ms is not None else wall_ms)
+        gpu = GpuMemory()
+        reset_peak_rss()
+        with open_batch(batch) as runner:
+            size = int(runner.metadata["input_size"])
+            feed = {INPUT: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)}
+            for _ in range(warmup):
+                runner.infer(feed, outputs and list(outputs))
+            for note in runner.notes:  # provider fallbacks, and a CUDA graph that could not be captured
+                if note not in told and log is not None:
+                    log(note)
+                told.add(note)
+            gpu.sample()
+            times = []
+            for _ in tqdm(range(iters), desc=f"batch {batch}", disable=not progress):
+                began = time.perf_counter()
+                runner.infer(feed, outputs and list(outputs))
+                wall_ms = (time.perf_counter() - began) * 1e3
+                gpu_ms = getattr(runner, "last_gpu_ms", None)
+                times.append(gpu_ms if gpu_ms is not None else wall_ms)
             gpu.sample()
         times_arr = np.asarray(times)
         rows.append(BenchRow(
@@ -113,8 +156,9 @@ def benchmark(runner: Runner, batches: list[int], warmup: int = 3, iters: int = 
             host_peak_rss_mb=peak_rss_mb(),
             gpu_peak_mb=gpu.peak_mb,
             timing="cuda-events" if getattr(runner, "last_gpu_ms", None) is not None else "wall",
+            gpu_memory_scope=gpu.scope,
         ))
-    return rows
+    return rows, runner
 
 
 def environment(runner: Runner) -> dict:
@@ -123,6 +167,7 @@ def environment(runner: Runner) -> dict:
         "model": str(runner.path),
         "backend": runner.backend,
         "device": runner.device,
+        "cuda graph": getattr(runner, "cuda_graph", False),
         "precision": runner.metadata.get("precision", "unknown"),
         "input_size": runner.metadata.get("input_size"),
         "prompts": runner.metadata.get("num_prompts"),
@@ -147,8 +192,8 @@ def markdown_table(rows: list[BenchRow], info: dict, command: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        gpu = "n/a" if r.gpu_peak_mb is None else f"{r.gpu_peak_mb:.0f}"
-        lines.append(f"| {r.batch} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {r.images_per_s:.2f} | "
+        gpu = "n/a" if r.gpu_peak_mb is None else f"{r.gpu_peak_mb:.0f} ({r.gpu_memory_scope})"
+        lines.append(f"| {r.batch} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.images_per_s:.2f} | "
                      f"{r.host_peak_rss_mb:.0f} | {gpu} | {r.timing} |")
     return "\n".join(lines) + "\n"
 

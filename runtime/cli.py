@@ -7,10 +7,14 @@ from pathlib import Path
 
 import click
 
+from .contract import LABELS
+
 __all__ = ["run_command", "bench_command"]
 
 _backend = click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
                         help="auto: TensorRT for .plan/.engine, ONNX Runtime for .onnx.")
+_cuda_graph = click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
+                           help="On ONNX Runtime's CUDA provider, replay each call as one captured CUDA graph.")
 _provider = click.option("--provider", type=click.Choice(["auto", "tensorrt", "cuda", "cpu"]), default="auto", show_default=True,
                          help="ONNX Runtime execution provider (auto: best available; falls back and says which ran).")
 
@@ -53,11 +57,17 @@ def run_command(model, inputs, out, batch, with_overlay, on_error, backend, prov
 @click.option("--iters", default=20, show_default=True)
 @_backend
 @_provider
+@_cuda_graph
+@click.option("--fixed-batch/--dynamic-batch", default=True, show_default=True,
+              help="ONNX Runtime: one session per batch size with the batch axis fixed (shapes fold into constants).")
+@click.option("--outputs", default=LABELS, show_default=True,
+              help="Outputs copied back to the host each call, comma-separated, or 'all' (ssp-run needs labels).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--markdown", type=click.Path(dir_okay=False), help="Write the table to this markdown file.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a latency/throughput plot (PNG; needs matplotlib).")
 @click.option("--quiet", is_flag=True)
-def bench_command(model, batches, warmup, iters, backend, provider, as_json, markdown, plot, quiet) -> None:
+def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, fixed_batch, outputs, as_json, markdown, plot,
+                  quiet) -> None:
     """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
     from .backends import open_runner
     from .bench import benchmark, environment, markdown_table, plot_latency, rows_as_dicts
@@ -69,11 +79,18 @@ def bench_command(model, batches, warmup, iters, backend, provider, as_json, mar
             raise ValueError("--batch needs positive sizes, --iters at least 1, --warmup at least 0")
     except ValueError as err:
         raise click.ClickException(str(err) if "--" in str(err) else f"--batch {batches!r}: expected sizes like 1,2,4") from None
-    command = f"ssp-bench {model} --batch {batches} --warmup {warmup} --iters {iters} --backend {backend} --provider {provider}"
+    command = (f"ssp-bench {model} --batch {batches} --warmup {warmup} --iters {iters} --backend {backend} "
+               f"--provider {provider} --{'' if cuda_graph else 'no-'}cuda-graph --{'fixed' if fixed_batch else 'dynamic'}-batch "
+               f"--outputs {outputs}")
+    wanted = None if outputs == "all" else tuple(outputs.split(","))
+
+    def open_batch(batch: int):
+        return open_runner(model, backend, provider, batch=batch if fixed_batch else None, cuda_graph=cuda_graph)
+
     try:
-        with open_runner(model, backend, provider) as runner:
-            rows = benchmark(runner, sizes, warmup, iters, progress=not (quiet or as_json))
-            info = environment(runner)
+        rows, runner = benchmark(open_batch, sizes, warmup, iters, outputs=wanted, progress=not (quiet or as_json),
+                                 log=lambda note: click.echo(note, err=True))
+        info = environment(runner)
     except _user_errors() as err:
         raise click.ClickException(" ".join(str(err).split())) from None
     table = markdown_table(rows, info, command)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["INPUT", "OUTPUTS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "METADATA_PREFIX", "decode_metadata", "encode_metadata"]
+__all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "METADATA_PREFIX", "decode_metadata", "encode_metadata"]
 
 INPUT = "images"  # (B, S, S, 3) uint8, letterboxed RGB
 LABELS = "labels"  # (B, S, S) int32 class index per pixel of the square input
@@ -17,6 +17,7 @@ MASK_LOGITS = "mask_logits"  # (B, N, M, M) float32 per-prompt mask logits (M = 
 IOU = "iou"  # (B, N) float32 per-prompt IoU estimates
 CLASS_IDS = "class_ids"  # (B, N) int32 per-prompt class
 OUTPUTS = (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS)
+BATCH_AXIS = "batch"  # the one dynamic axis (axis 0 of every input and output); all others are declared static
 
 METADATA_PREFIX = "ssprompt."
 

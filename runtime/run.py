@@ -64,7 +64,9 @@ def segment_files(
     if with_overlay:
         (out / "overlays").mkdir(exist_ok=True)
     records, skipped = [], []
-    with open_runner(model, backend, provider) as runner:
+    with open_runner(model, backend, provider, batch=batch, cuda_graph=True) as runner:
+        for note in runner.notes:
+            log(note)
         segmenter = Segmenter(runner)
         stems = _unique_stems(paths)
         bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)

@@ -37,5 +37,5 @@ class Segmenter:
         """
         boxed = [letterbox(image, self.input_size, self.pad_value) for image in images]
         batch = np.stack([square for square, _ in boxed])  # (B, S, S, 3)
-        labels = self.runner.infer({INPUT: batch})[LABELS]  # (B, S, S)
+        labels = self.runner.infer({INPUT: batch}, [LABELS])[LABELS]  # (B, S, S)
         return [restore_labels(labels[i], placement) for i, (_, placement) in enumerate(boxed)]

@@ -100,11 +100,11 @@ def semantic_map(masks: torch.Tensor, iou: torch.Tensor, class_logits: torch.Ten
     Returns:
       (torch.Tensor): BxCxHxW class probabilities (sum to 1 over C).
     """
-    batch, _, height, width = masks.shape
+    height, width = masks.shape[-2:]
     num_classes = class_logits.shape[-1]
     weights = class_logits.softmax(-1) * iou.clamp(0.0, 1.0).unsqueeze(-1)  # (B, N, C)
     scores = weights.transpose(1, 2) @ masks.sigmoid().flatten(2)  # (B, C, H*W)
-    scores = scores.reshape(batch, num_classes, height, width)
+    scores = scores.reshape(-1, num_classes, height, width)  # -1: the exporter keeps the batch axis symbolic
     return (scores + _EPS) / (scores.sum(1, keepdim=True) + num_classes * _EPS)
 
 

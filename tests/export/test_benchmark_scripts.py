@@ -35,7 +35,7 @@ def _run(script: str, args: list[str], out: Path) -> None:
     "script, extra, header, measurements",
     [
         ("export_fullsize.py", ["--classes", "3", "--precisions", "fp32"], "precision", 1),
-        ("runtime_fullsize.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--iters", "1"], "batch", 1),
+        ("runtime_fullsize.py", ["--classes", "3", "--batch", "1,2", "--warmup", "0", "--iters", "1"], "precision", 4),
         ("train_efficiency.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1"], "variant", 4),
     ],
 )

@@ -78,15 +78,32 @@ def test_export_graph_computes_what_the_trained_model_computes(torch_graph, pack
     assert (labels == expected).float().mean() > 0.999
 
 
-def test_fp16_export_passes_its_own_threshold_with_normalisation_in_fp32(pack_path, tmp_path):
+def test_fp16_export_passes_its_own_threshold_and_keeps_only_the_listed_ops_in_fp32(pack_path, tmp_path):
+    from ssprompt.export.fp16 import KEEP_FP32
+
     result = export_pack(pack_path, tmp_path / "fp16", fp16=True, log=lambda *_: None)
     min_agree, max_mean, max_max = parity_module.THRESHOLDS["fp16"]
     assert result.parity.label_agreement >= min_agree and result.parity.mask_max_error <= max_max
     model = onnx.load(str(result.onnx))
-    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
-    ln_inputs = {i for n in model.graph.node if n.op_type == "LayerNormalization" for i in n.input[1:]}
-    ln_weights = [init for init in model.graph.initializer if init.name in ln_inputs]
-    assert ln_weights and all(w.data_type == onnx.TensorProto.FLOAT for w in ln_weights)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    matmul_inputs = [types.get(i) for n in model.graph.node if n.op_type == "MatMul" for i in n.input]
+    assert matmul_inputs and all(t == onnx.TensorProto.FLOAT16 for t in matmul_inputs)
+    kept = [types.get(n.input[0]) for n in model.graph.node if n.op_type in KEEP_FP32]
+    assert kept and all(t == onnx.TensorProto.FLOAT for t in kept)
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [
+        onnx.TensorProto.INT32, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.INT32]
+
+
+def test_every_axis_but_the_batch_is_declared_static_and_matches_the_outputs(fp32_export):
+    session = ort.InferenceSession(str(fp32_export.onnx), providers=["CPUExecutionProvider"])
+    declared = {o.name: o.shape for o in session.get_outputs()}
+    assert declared == {"labels": ["batch", 256, 256], "confidence": ["batch", 256, 256], "mask_logits": ["batch", 64, 64, 64],
+                        "iou": ["batch", 64], "class_ids": ["batch", 64]}
+    outputs = session.run(None, {INPUT: np.zeros((2, 256, 256, 3), np.uint8)})
+    for output, array in zip(session.get_outputs(), outputs):
+        assert list(array.shape) == [2, *declared[output.name][1:]]
 
 
 def test_metadata_round_trips(fp32_export, pack_path):
@@ -177,3 +194,17 @@ def test_calibration_folder_without_images_is_refused(tmp_path):
 def test_bad_batch_range_is_refused(text):
     with pytest.raises(ValueError, match="--batch"):
         BatchRange.parse(text)
+
+
+def test_a_failed_fp16_conversion_is_one_line_and_writes_nothing(pack_path, tmp_path, monkeypatch):
+    from ssprompt.export import pipeline
+
+    def broken(model):
+        onnx.checker.check_model(onnx.ModelProto())  # raises onnx's own ValidationError, as a bad conversion would
+
+    monkeypatch.setattr(pipeline, "to_fp16", broken)
+    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--fp16"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and error[0].startswith("Error: FP16 conversion failed:")
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ssprompt.runtime.backends import ModelError, OnnxRuntimeRunner, check_sidecar, open_runner
 from ssprompt.runtime.cli import bench_command, run_command
-from ssprompt.runtime.contract import INPUT, LABELS
+from ssprompt.runtime.contract import INPUT, LABELS, MASK_LOGITS
 from ssprompt.runtime.postprocess import restore_labels
 from ssprompt.runtime.preprocess import letterbox
 
@@ -160,3 +160,88 @@ def test_runtime_runs_where_torch_cannot_be_imported(onnx_model, val_images, tmp
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "o" / "labels" / f"{val_images[0].stem}.png").is_file()
+
+
+def test_requested_gpu_provider_that_is_absent_falls_back_in_one_line(onnx_model, monkeypatch):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with OnnxRuntimeRunner(onnx_model, provider="cuda") as runner:
+        assert runner.device == "CPUExecutionProvider"
+        assert runner.notes == ["CUDAExecutionProvider is not in this onnxruntime (pip install onnxruntime-gpu); "
+                                "running on CPUExecutionProvider"]
+    with OnnxRuntimeRunner(onnx_model) as runner:
+        assert runner.notes == []  # auto on a CPU build: nothing fell back
+
+
+def test_tensorrt_provider_is_never_requested_where_its_libraries_do_not_load(onnx_model, monkeypatch):
+    import onnxruntime as ort
+
+    from ssprompt.runtime import backends
+
+    monkeypatch.setattr(backends, "tensorrt_libraries_load", lambda: False)
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", *available])
+    requested = []
+    real_session = ort.InferenceSession
+
+    def session(path, sess_options=None, providers=None):
+        requested.append([p[0] for p in providers])
+        return real_session(path, sess_options=sess_options, providers=[p for p in providers if p[0] in available])
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with OnnxRuntimeRunner(onnx_model, provider="tensorrt") as runner:
+        assert all("TensorrtExecutionProvider" not in chain for chain in requested)
+        assert len(runner.notes) == 1 and runner.notes[0].startswith("TensorrtExecutionProvider needs libnvinfer.so.10")
+        assert runner.notes[0].endswith("running on CPUExecutionProvider")
+
+
+def test_ssp_run_prints_the_fallback_on_one_line(onnx_model, val_images, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    result = CliRunner().invoke(run_command, [str(onnx_model), str(val_images[0]), "--out", str(tmp_path), "--provider", "cuda",
+                                              "--quiet"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "CUDAExecutionProvider" in line]
+    assert len(lines) == 1 and lines[0].endswith("running on CPUExecutionProvider")
+
+
+def test_a_batch_smaller_than_the_fixed_one_is_padded_and_cut_back(onnx_model):
+    images = np.random.default_rng(3).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    with OnnxRuntimeRunner(onnx_model) as runner:
+        plain = runner.infer({INPUT: images})
+        runner.fixed_batch = 3  # as a GPU session built for batch 3 would be
+        padded = runner.infer({INPUT: images}, [LABELS])
+    assert list(padded) == [LABELS] and padded[LABELS].shape == (1, 256, 256)
+    np.testing.assert_array_equal(padded[LABELS], plain[LABELS])
+
+
+def test_bound_buffers_are_refilled_on_every_call(onnx_model):
+    """The CUDA-graph path binds fixed buffers once; each call must copy its own input into them."""
+    rng = np.random.default_rng(4)
+    first, second = (rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8) for _ in range(2))
+    with OnnxRuntimeRunner(onnx_model) as runner:
+        want = [runner.infer({INPUT: x}, [LABELS, MASK_LOGITS]) for x in (first, second)]
+        runner.cuda_graph = True  # the bound path, on CPU buffers here
+        got = [runner.infer({INPUT: x}, [LABELS, MASK_LOGITS]) for x in (first, second)]
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g[LABELS], w[LABELS])
+        np.testing.assert_allclose(g[MASK_LOGITS], w[MASK_LOGITS], atol=1e-5)
+    assert not np.array_equal(got[0][MASK_LOGITS], got[1][MASK_LOGITS])
+
+
+def test_benchmark_opens_one_runner_per_batch_size(onnx_model):
+    from ssprompt.runtime.bench import benchmark
+
+    opened = []
+
+    def open_batch(batch):
+        opened.append(batch)
+        return open_runner(onnx_model, batch=batch)
+
+    rows, _ = benchmark(open_batch, [1, 2], warmup=0, iters=1, progress=False)
+    assert opened == [1, 2] and [r.batch for r in rows] == [1, 2]
+    assert all(r.gpu_peak_mb is None and r.gpu_memory_scope is None for r in rows)  # no GPU here

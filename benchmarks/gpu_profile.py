@@ -1,0 +1,114 @@
+"""Where the time goes: ONNX Runtime's node profile of an exported graph, by graph region and by op type.
+
+Runs the graph (batch axis fixed, no CUDA graph) with ONNX Runtime's profiler on, in a process
+started with CUDA_LAUNCH_BLOCKING=1, so each node's recorded duration is its GPU time rather than
+the time to launch its kernels (the sum is slower than a real call; the shares are what count).
+Regions come from the exporter's node names: SAM's image encoder, the dense CLIP features, the
+mask decoder, and the rest (mask classification, semantic map, resize, argmax).
+
+    python benchmarks/gpu_profile.py /tmp/ssprompt-gpu/fp16/model.onnx --out benchmarks/results/gpu_profile_cuda.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import header, table_lines  # noqa: E402
+
+REGIONS = (("image_encoder", "SAM image encoder"), ("clip", "dense CLIP features"), ("decoder", "mask decoder"))
+OTHER = "classifier, semantic map, resize, argmax"
+
+
+def region(node: str) -> str:
+    return next((label for key, label in REGIONS if key in node), OTHER)
+
+
+def profile(model: Path, provider: str, batch: int, iters: int, folder: Path) -> tuple[str, Path]:
+    """One profiled session in this process; returns the provider that ran and the profile's path."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from ssprompt.runtime.contract import BATCH_AXIS, INPUT, LABELS
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "profile")
+    options.add_free_dimension_override_by_name(BATCH_AXIS, batch)
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(model), options, providers=providers)
+    size = session.get_inputs()[0].shape[1]
+    images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    for _ in range(iters + 1):  # the first call (allocations, algorithm search) is dropped below
+        session.run([LABELS], {INPUT: images})
+    return session.get_providers()[0], Path(session.end_profiling())
+
+
+def summarise(path: Path, iters: int) -> tuple[dict, dict, float]:
+    """ms per call by region and by op type, and the total, from the runs after the first."""
+    events = [e for e in json.loads(path.read_text()) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    runs = [e for e in json.loads(path.read_text()) if e.get("cat") == "Session" and e["name"] == "model_run"]
+    start = runs[1]["ts"] if len(runs) > 1 else 0  # skip the first call
+    by_region: dict[str, float] = defaultdict(float)
+    by_op: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event["ts"] < start:
+            continue
+        ms = event["dur"] / 1e3 / iters
+        by_region[region(event["name"])] += ms
+        by_op[event.get("args", {}).get("op_name", "?")] += ms
+    return by_region, by_op, sum(by_region.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--provider", default="cuda", help="cuda or cpu")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_profile_cuda.md"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    from ssprompt.runtime.files import write_text_atomic
+
+    if args.worker:
+        device, path = profile(args.model, args.provider, args.batch, args.iters, Path(args.worker))
+        print(json.dumps({"device": device, "profile": str(path)}))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
+        done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", tmp], env=env, capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"profiling failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        by_region, by_op, total = summarise(Path(result["profile"]), args.iters)
+
+    def rows(values: dict, limit: int | None = None) -> list[list[str]]:
+        ordered = sorted(values.items(), key=lambda item: -item[1])[:limit]
+        return [[name, f"{ms:.2f}", f"{100 * ms / total:.1f}"] for name, ms in ordered]
+
+    lines = header(f"Where the time goes: {args.model.parent.name}/{args.model.name} at batch {args.batch}") + [
+        "",
+        f"ONNX Runtime {result['device']}, node profile with CUDA_LAUNCH_BLOCKING=1 (every node waits for its kernels), "
+        f"mean of {args.iters} calls after a dropped first one; {total:.1f} ms of node time a call. Shares matter; the "
+        "absolute sum is slower than an unprofiled call.",
+        "",
+        *table_lines(["graph region", "ms per call", "%"], rows(by_region)),
+        "",
+        *table_lines(["op type", "ms per call", "%"], rows(by_op, 20)),
+    ]
+    write_text_atomic(args.out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

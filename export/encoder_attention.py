@@ -1,0 +1,98 @@
+"""Export-only: SAM's image-encoder attention with decomposed relative positions, arranged for a graph.
+
+Not for direct use: `ExportGraph` swaps it in for segment_anything's `Attention` before tracing;
+tests hold the two equal. SAM adds two relative-position terms to the attention logits,
+
+    logits[q, k] = scale * q . k + rel_h[q, row(k)] + rel_w[q, col(k)],
+
+with rel_h = q . Rh[row(q)] and rel_w = q . Rw[col(q)]. Written that way, a graph materialises
+the logits three times (the product, then two broadcast additions). Here the terms enter through
+the product itself: each query is extended by its rel_h and rel_w values and each key by one-hot
+indicators of its row and column, so
+
+    [scale * q, rel_h, rel_w] . [k, onehot(row(k)), onehot(col(k))] = logits[q, k]
+
+exactly, in one matmul. Queries run in groups of `query_chunk`, so one group's logits are alive
+at a time (global attention over 64 x 64 tokens holds 12 x 4096 x 4096 logits an image otherwise).
+
+Shapes: B images (or windows), h x w tokens (L = h * w), H heads of D channels, C = H * D.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["EncoderAttention", "swap_encoder_attention"]
+
+
+class EncoderAttention(nn.Module):
+    """segment_anything.modeling.image_encoder.Attention (with relative positions), for export."""
+
+    def __init__(self, source: nn.Module, size: tuple[int, int], query_chunk: int) -> None:
+        """
+        Arguments:
+          source (nn.Module): SAM's Attention, with use_rel_pos.
+          size (tuple[int, int]): the token grid (h, w) it attends over (a window, or the whole image).
+          query_chunk (int): queries whose logits are computed together.
+        """
+        from segment_anything.modeling.image_encoder import get_rel_pos
+
+        super().__init__()
+        self.qkv = source.qkv
+        self.proj = source.proj
+        self.heads = source.num_heads
+        self.scale = source.scale
+        self.size = size
+        self.query_chunk = query_chunk
+        h, w = size
+        with torch.no_grad():
+            self.register_buffer("rel_h", get_rel_pos(h, h, source.rel_pos_h).clone())  # (h, h, D)
+            self.register_buffer("rel_w", get_rel_pos(w, w, source.rel_pos_w).clone())  # (w, w, D)
+            rows = torch.arange(h).repeat_interleave(w)  # row of each key token
+            cols = torch.arange(w).repeat(h)
+            head_dim = source.rel_pos_h.shape[1]
+            indicators = torch.cat([torch.zeros(h * w, head_dim), F.one_hot(rows, h).float(), F.one_hot(cols, w).float()], dim=1)
+            self.register_buffer("key_indicators", indicators)  # (L, D+h+w): zeros, then the key's row and column
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Arguments:
+          x (torch.Tensor): BxhxwxC tokens.
+
+        Returns:
+          (torch.Tensor): BxhxwxC.
+        """
+        h, w = self.size
+        batch = x.shape[0]  # reshaped with, as SAM does, so the exporter keeps the batch axis symbolic
+        qkv = self.qkv(x).reshape(batch, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, H, L, D)
+        q, k, v = qkv.unbind(0)
+        grid_q = q.reshape(batch, self.heads, h, w, -1)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, self.rel_h).reshape(batch, self.heads, h * w, h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, self.rel_w).reshape(batch, self.heads, h * w, w)
+        queries = torch.cat([q * self.scale, rel_h, rel_w], dim=-1)  # (B, H, L, D+h+w)
+        # [k, 0] + [0, onehot(row), onehot(col)]: padding and a broadcast constant, no batch-sized tensor built.
+        keys_t = (F.pad(k, (0, h + w)) + self.key_indicators.to(k.dtype)).transpose(-1, -2)  # (B, H, D+h+w, L)
+        out = [(part @ keys_t).softmax(dim=-1) @ v for part in queries.split(self.query_chunk, dim=2)]  # (B, H, l, D) each
+        out = torch.cat(out, dim=2).transpose(1, 2).reshape(batch, h, w, -1)  # (B, h, w, C)
+        return self.proj(out)
+
+
+def swap_encoder_attention(encoder: nn.Module, query_chunk: int) -> int:
+    """Replace the relative-position Attention of every block of SAM's ImageEncoderViT; returns how many.
+
+    Windowed blocks attend within window_size x window_size windows, global blocks over the
+    whole patch grid. Windows are small, so only global blocks are split into query chunks.
+    """
+    grid = (encoder.img_size // encoder.patch_embed.proj.kernel_size[0],) * 2
+    swapped = 0
+    for block in encoder.blocks:
+        attn = block.attn
+        if not getattr(attn, "use_rel_pos", False):
+            continue
+        size = (block.window_size, block.window_size) if block.window_size > 0 else grid
+        chunk = size[0] * size[1] if block.window_size > 0 else query_chunk
+        block.attn = EncoderAttention(attn, size, chunk)
+        swapped += 1
+    return swapped

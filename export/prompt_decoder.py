@@ -1,0 +1,213 @@
+"""Export-only: SAM's mask decoder for B images x N constant prompts, arranged for a graph.
+
+Not for direct use: train and evaluate with `ssprompt.train.decoder.decode_masks`, whose
+arithmetic this module repeats (tests hold the two equal). What changes is the layout:
+
+- The prompts are constants of the graph, so everything that depends on them alone (the
+  first layer's token self-attention, the projections of its queries) is computed here, once.
+- The first layer's token-to-image attention reads each image once: its N x T queries attend
+  to one copy of the image's keys. The image becomes per-prompt only where SAM's
+  image-to-token attention writes to it; SAM's own decoder copies it N times up front.
+- Channels-last throughout. Linear layers that read the same tensor share one matmul, the
+  positional encoding enters through a constant bias of that matmul, and both transposed
+  convolutions of the upscaling are matmuls onto 2 x 2 sub-pixels with their layer norm on the
+  last axis, so no NCHW permute touches the B x N-times-larger tensors.
+- Prompts decode in groups of `chunk`, so only one group's per-prompt activations are alive.
+
+Shapes: B images, N prompts (n in one group), T tokens a prompt (SAM's output tokens, then
+the prompt's sparse tokens), P = h * w image tokens, E channels, I = E / downsample attention
+channels, H heads of D = I / H channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PromptDecoder"]
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., L, I) -> (..., H, L, D)."""
+    return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(..., H, L, D) -> (..., L, I)."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def _attend(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k) v with q already scaled; q (..., H, Lq, D), k_t (..., H, D, Lk), v (..., H, Lk, D)."""
+    return (q @ k_t).softmax(dim=-1) @ v
+
+
+class PromptDecoder(nn.Module):
+    """Mask logits and IoU estimates of every (image, prompt) pair; SAM's single-mask output."""
+
+    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor, dense_prompt: torch.Tensor, sparse: torch.Tensor,
+                 chunk: int) -> None:
+        """
+        Arguments:
+          decoder (nn.Module): segment_anything MaskDecoder (two-layer TwoWayTransformer).
+          image_pe (torch.Tensor): 1xExhxw dense positional encoding.
+          dense_prompt (torch.Tensor): 1xExhxw dense prompt (SAM's no-mask embedding).
+          sparse (torch.Tensor): NxTsxE sparse prompt tokens, baked in as constants.
+          chunk (int): prompts decoded together.
+        """
+        super().__init__()
+        transformer = decoder.transformer
+        if len(transformer.layers) != 2:
+            raise ValueError(f"PromptDecoder follows SAM's two-layer TwoWayTransformer, got {len(transformer.layers)} layers")
+        first, second = transformer.layers
+        self.heads = transformer.num_heads
+        self.chunk = int(chunk)
+        self.num_prompts = int(sparse.shape[0])
+        _, dim, h, w = image_pe.shape
+        self.grid = (int(h), int(w))
+        self.layer0 = first
+        self.layer1 = second
+        self.final = transformer.final_attn_token_to_image
+        self.norm_final = transformer.norm_final_attn
+        self.iou_head = decoder.iou_prediction_head
+        self.hyper = decoder.output_hypernetworks_mlps[0]
+        convt1, norm, self.act, convt2, _ = decoder.output_upscaling
+        self.upscale_norm_eps = norm.eps
+
+        with torch.no_grad():
+            output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)  # (1+M, E)
+            tokens = torch.cat([output_tokens.expand(sparse.shape[0], -1, -1), sparse], dim=1)  # (N, T, E)
+            pos = image_pe.flatten(2).transpose(1, 2)[0]  # (P, E)
+            # Layer 0 self-attention of the constant tokens (no positional encoding in SAM's first layer).
+            queries0 = first.norm1(first.self_attn(q=tokens, k=tokens, v=tokens))  # (N, T, E)
+            attn = first.cross_attn_token_to_image
+            q0 = _heads(attn.q_proj(queries0 + tokens), self.heads) * self._scale(attn)  # (N, H, T, D)
+
+            self.register_buffer("tokens", tokens.clone())
+            self.register_buffer("queries0", queries0.clone())
+            self.register_buffer("dense", dense_prompt.flatten(2).transpose(1, 2).clone())  # (1, P, E)
+            self.register_buffer("pos", pos.clone())
+            self.register_buffer("q0", q0.transpose(0, 1).flatten(1, 2).clone())  # (H, N*T, D), prompt-major
+            # Image-side projections as one matmul each: weight (E, k*I), bias (P, k*I) with the positional term.
+            self._register_projection("image0", pos, (attn.k_proj, True), (attn.v_proj, False),
+                                      (first.cross_attn_image_to_token.q_proj, True), scale_last=first.cross_attn_image_to_token)
+            self._register_projection("image1", pos, (second.cross_attn_token_to_image.k_proj, True),
+                                      (second.cross_attn_token_to_image.v_proj, False),
+                                      (second.cross_attn_image_to_token.q_proj, True), scale_last=second.cross_attn_image_to_token)
+            self._register_projection("image_final", pos, (self.final.k_proj, True), (self.final.v_proj, False))
+            # Transposed convolutions with kernel 2 and stride 2 as matmuls: (in, 2*2*out), columns (a, b, out).
+            self.register_buffer("up1_weight", convt1.weight.permute(0, 2, 3, 1).flatten(1).clone())  # (E, 4*E/4)
+            self.register_buffer("up1_bias", convt1.bias.repeat(4).clone())
+            self.register_buffer("up2_weight", convt2.weight.permute(0, 2, 3, 1).flatten(1).clone())  # (E/4, 4*E/8)
+            self.register_buffer("up2_bias", convt2.bias.repeat(4).clone())
+            self.register_buffer("up_norm_weight", norm.weight.detach().clone())
+            self.register_buffer("up_norm_bias", norm.bias.detach().clone())
+
+    @staticmethod
+    def _scale(attn: nn.Module) -> float:
+        return 1.0 / math.sqrt(attn.internal_dim // attn.num_heads)
+
+    def _register_projection(self, name: str, pos: torch.Tensor, *projections, scale_last: nn.Module | None = None) -> None:
+        """Buffers `name`_weight (E, k*I) and `name`_bias (P, k*I): x @ W + b = [proj(x + pos) or proj(x), ...].
+
+        The attention scale of the last projection (a query) is folded into its weight and bias.
+        """
+        weights, biases = [], []
+        for i, (linear, with_pos) in enumerate(projections):
+            scale = self._scale(scale_last) if scale_last is not None and i == len(projections) - 1 else 1.0
+            weight = linear.weight.t() * scale  # (E, I)
+            bias = linear.bias * scale + (pos @ weight if with_pos else 0)  # (P, I) or (I,)
+            weights.append(weight)
+            biases.append(bias.expand(pos.shape[0], -1))
+        self.register_buffer(f"{name}_weight", torch.cat(weights, dim=1).clone())
+        self.register_buffer(f"{name}_bias", torch.cat(biases, dim=1).clone())
+
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Arguments:
+          image_embeddings (torch.Tensor): BxExhxw SAM image embeddings.
+
+        Returns:
+          (torch.Tensor): BxNx(4h)x(4w) mask logits.
+          (torch.Tensor): BxN IoU estimates.
+        """
+        keys = image_embeddings.flatten(2).transpose(1, 2) + self.dense  # (B, P, E)
+        k0, v0, q_image = (keys @ self.image0_weight + self.image0_bias).chunk(3, dim=-1)  # (B, P, I) each
+        k0 = _heads(k0, self.heads).transpose(-1, -2)  # (B, H, D, P)
+        v0 = _heads(v0, self.heads)  # (B, H, P, D)
+        q_image = _heads(q_image, self.heads).unsqueeze(1)  # (B, 1, H, P, D)
+        masks, ious = [], []
+        for start in range(0, self.num_prompts, self.chunk):
+            group = slice(start, min(start + self.chunk, self.num_prompts))
+            m, q = self._decode_group(keys, k0, v0, q_image, group)
+            masks.append(m)
+            ious.append(q)
+        return torch.cat(masks, dim=1), torch.cat(ious, dim=1)
+
+    def _decode_group(self, keys0, k0, v0, q_image, group: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers 0 and 1, the final attention and the upscaling for the prompts in `group`."""
+        layer0, layer1, heads = self.layer0, self.layer1, self.heads
+        tokens = self.tokens[group]  # (n, T, E)
+        n, t = tokens.shape[0], tokens.shape[1]
+
+        # Layer 0, tokens -> image: the group's n*T queries against each image's keys.
+        q = self.q0[:, group.start * t:group.stop * t]  # (H, n*T, D)
+        out = _merge_heads(_attend(q, k0, v0))  # (B, n*T, I)
+        out = layer0.cross_attn_token_to_image.out_proj(out).unflatten(1, (n, t))  # (B, n, T, E)
+        queries = layer0.norm2(self.queries0[group] + out)
+        queries = layer0.norm3(queries + layer0.mlp(queries))
+        keys = self._image_to_token(layer0, keys0.unsqueeze(1), q_image, queries, tokens)  # (B, n, P, E)
+
+        # Layer 1.
+        q = queries + tokens
+        queries = layer1.norm1(queries + self._attention(layer1.self_attn, q, q, queries))
+        k1, v1, q_image = (keys @ self.image1_weight + self.image1_bias).chunk(3, dim=-1)  # (B, n, P, I) each
+        queries = layer1.norm2(queries + self._token_to_image(layer1.cross_attn_token_to_image, queries + tokens, k1, v1))
+        queries = layer1.norm3(queries + layer1.mlp(queries))
+        keys = self._image_to_token(layer1, keys, _heads(q_image, heads), queries, tokens)
+
+        # Final attention, tokens -> image.
+        k, v = (keys @ self.image_final_weight + self.image_final_bias).chunk(2, dim=-1)
+        queries = self.norm_final(queries + self._token_to_image(self.final, queries + tokens, k, v))  # (B, n, T, E)
+
+        iou = self.iou_head(queries[:, :, 0])[..., 0]  # (B, n)
+        hyper = self.hyper(queries[:, :, 1])  # (B, n, E/8): mask token 0, SAM's single-mask output
+        return self._upscale(keys, hyper), iou
+
+    def _attention(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """SAM's Attention over any leading dims: q (..., Lq, E), k and v (..., Lk, E). Returns (..., Lq, E)."""
+        q = _heads(attn.q_proj(q) * self._scale(attn), self.heads)
+        out = _attend(q, _heads(attn.k_proj(k), self.heads).transpose(-1, -2), _heads(attn.v_proj(v), self.heads))
+        return attn.out_proj(_merge_heads(out))
+
+    def _token_to_image(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, n, T, E) with positions added; k, v (B, n, P, I) projected. Returns (B, n, T, E)."""
+        q = _heads(attn.q_proj(q) * self._scale(attn), self.heads)  # (B, n, H, T, D)
+        out = _attend(q, _heads(k, self.heads).transpose(-1, -2), _heads(v, self.heads))
+        return attn.out_proj(_merge_heads(out))
+
+    def _image_to_token(self, layer: nn.Module, keys: torch.Tensor, q_image: torch.Tensor, queries: torch.Tensor,
+                        tokens: torch.Tensor) -> torch.Tensor:
+        """SAM's image-to-token attention and norm4. keys (B, 1 or n, P, E), q_image (B, 1 or n, H, P, D) scaled,
+        queries and tokens (B, n, T, E). Returns the updated keys (B, n, P, E)."""
+        attn = layer.cross_attn_image_to_token
+        k_t = _heads(attn.k_proj(queries + tokens), self.heads).transpose(-1, -2)  # (B, n, H, D, T)
+        v = _heads(attn.v_proj(queries), self.heads)  # (B, n, H, T, D)
+        out = attn.out_proj(_merge_heads(_attend(q_image, k_t, v)))  # (B, n, P, E)
+        return layer.norm4(keys + out)
+
+    def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """keys (B, n, P, E), hyper (B, n, E/8) -> mask logits (B, n, 4h, 4w)."""
+        h, w = self.grid
+        x = (keys @ self.up1_weight + self.up1_bias).unflatten(-1, (4, -1))  # (B, n, P, 4, E/4): sub-pixels (a, b)
+        x = F.layer_norm(x, (x.shape[-1],), self.up_norm_weight, self.up_norm_bias, self.upscale_norm_eps)
+        x = self.act(x)
+        x = self.act((x @ self.up2_weight + self.up2_bias).unflatten(-1, (4, -1)))  # (B, n, P, 4, 4, E/8): (a,b), (c,d)
+        x = x.flatten(2, 4)  # (B, n, P*16, E/8)
+        masks = (x @ hyper.unsqueeze(-1)).squeeze(-1).unflatten(2, (h, w, 2, 2, 2, 2))  # (B, n, i, j, a, b, c, d)
+        # Pixel (4i + 2a + c, 4j + 2b + d). Sizes come from the tensor (flatten / unflatten), not from a -1:
+        # the exporter keeps the batch axis symbolic only through those.
+        return masks.permute(0, 1, 2, 4, 6, 3, 5, 7).flatten(5, 7).flatten(2, 4)

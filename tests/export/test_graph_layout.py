@@ -1,0 +1,87 @@
+"""The export-only layout (PromptDecoder, EncoderAttention) computes what SAM's own modules compute,
+and its graph keeps the batch axis dynamic where SAM pads its attention windows."""
+
+import copy
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ssprompt.export.encoder_attention import EncoderAttention, swap_encoder_attention
+from ssprompt.export.prompt_decoder import PromptDecoder
+from ssprompt.train.config import ModelConfig
+from ssprompt.train.decoder import decode_masks
+from ssprompt.train.model import SSPrompt
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_backbones):
+    return SSPrompt(tiny_backbones, ["a", "b", "c"], ModelConfig(num_prompts=16), default_semantic=torch.randn(3, 64)).eval()
+
+
+@pytest.mark.parametrize("chunk", [16, 5])
+def test_prompt_decoder_equals_sams_decoder(tiny_model, chunk):
+    model = tiny_model
+    generator = torch.Generator().manual_seed(0)
+    sparse = model.default_spatial + 0.1 * torch.randn(model.default_spatial.shape, generator=generator)  # not the defaults
+    embeddings = torch.randn(3, *model.dense_pe.shape[1:], generator=generator)
+    with torch.no_grad():
+        want_masks, want_iou = decode_masks(model.sam.mask_decoder, embeddings, model.dense_pe, sparse, model.no_mask_dense)
+        masks, iou = PromptDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, sparse, chunk)(embeddings)
+    assert masks.shape == want_masks.shape == (3, 16, 64, 64)
+    torch.testing.assert_close(masks, want_masks, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(iou, want_iou, atol=1e-5, rtol=1e-5)
+
+
+def _encoder(window: int) -> nn.Module:
+    """A tiny SAM image encoder with trained-looking (small, non-zero) relative positions."""
+    from segment_anything.modeling import ImageEncoderViT
+
+    torch.manual_seed(0)
+    encoder = ImageEncoderViT(img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, out_chans=128, qkv_bias=True,
+                              norm_layer=partial(nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=window,
+                              global_attn_indexes=(1,)).eval()
+    for block in encoder.blocks:
+        block.attn.rel_pos_h.data.normal_(std=0.02)
+        block.attn.rel_pos_w.data.normal_(std=0.02)
+    return encoder
+
+
+@pytest.mark.parametrize("window", [4, 3])  # 3 does not divide the 16 x 16 grid: SAM pads to 18 x 18
+def test_encoder_attention_equals_sams_attention(window):
+    encoder = _encoder(window)
+    swapped = copy.deepcopy(encoder)
+    assert swap_encoder_attention(swapped, query_chunk=100) == 2
+    assert all(isinstance(block.attn, EncoderAttention) for block in swapped.blocks)
+    assert swapped.blocks[1].attn.query_chunk == 100  # global block: 256 queries in 3 chunks
+    images = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(images), encoder(images), atol=1e-5, rtol=1e-5)
+
+
+def test_graph_with_padded_windows_runs_at_any_batch_size(tiny_backbones):
+    """The exporter must keep the batch axis symbolic through SAM's window padding and partitioning."""
+    ort = pytest.importorskip("onnxruntime")
+    from ssprompt.export.graph import ExportGraph
+    from ssprompt.export.onnx_export import export_onnx
+    from ssprompt.runtime.contract import BATCH_AXIS, INPUT, LABELS, MASK_LOGITS
+
+    backbones = copy.deepcopy(tiny_backbones)
+    backbones.sam.image_encoder = _encoder(window=3)
+    model = SSPrompt(backbones, ["a", "b", "c"], ModelConfig(num_prompts=16, decoder_chunk=6), default_semantic=torch.randn(3, 64))
+    graph = ExportGraph(model.eval())
+    proto = export_onnx(graph).SerializeToString()
+    images = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    with torch.no_grad():
+        want = graph(torch.from_numpy(images))
+    for fixed in (None, 1, 3):
+        options = ort.SessionOptions()
+        if fixed:
+            options.add_free_dimension_override_by_name(BATCH_AXIS, fixed)
+        session = ort.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
+        for batch in ((1, 3) if fixed is None else (fixed,)):
+            labels, masks = session.run([LABELS, MASK_LOGITS], {INPUT: images[:batch]})
+            np.testing.assert_array_equal(labels, want[0][:batch].numpy())
+            np.testing.assert_allclose(masks, want[2][:batch].numpy(), atol=1e-4)
