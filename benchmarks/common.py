@@ -84,6 +84,14 @@ def table_lines(columns: list[str], rows: list[list[str]]) -> list[str]:
     return [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns), *(f"| {' | '.join(map(str, row))} |" for row in rows)]
 
 
+def write_report(path: Path, lines: list[str]) -> None:
+    """The markdown report, written atomically, and echoed to the terminal."""
+    from ssprompt.runtime.files import write_text_atomic
+
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def write_plot(path: Path, draw: Callable, title: str, panels: int = 1, size: tuple[float, float] = (7, 3.6)) -> None:
     """One matplotlib figure of `panels` axes side by side, drawn by `draw(*axes)`, saved atomically as PNG."""
     import matplotlib

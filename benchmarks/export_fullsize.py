@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, random_fullsize_pack, table_lines  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_report  # noqa: E402
 
 COLUMNS = ["precision", "layout", "export s (incl. parity)", "model.onnx MiB", "parity on", "label agreement",
            "mask logit mean abs err", "max abs err", "confidence max abs err", "gate"]
@@ -61,8 +61,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export_fullsize.md"))
     args = parser.parse_args()
 
-    from ssprompt.runtime.files import write_text_atomic
-
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
         rows = export_all(args.work, args)
@@ -76,8 +74,7 @@ def main() -> None:
         "",
         *table_lines(COLUMNS, rows),
     ]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

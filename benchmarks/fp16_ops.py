@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot, write_report  # noqa: E402
 
 # What the previous converter (onnxruntime's, with the project's block list) kept in FP32.
 PREVIOUS_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare",
@@ -54,7 +54,6 @@ def main() -> None:
     from ssprompt.export.onnx_export import export_onnx
     from ssprompt.export.parity import compare, onnx_outputs, torch_outputs
     from ssprompt.export.pipeline import calibration_images
-    from ssprompt.runtime.files import write_text_atomic
     from ssprompt.train.pack import load_pack
     from ssprompt.train.pipeline import model_from_pack
     from ssprompt.train.trainer import sam_pad_value
@@ -101,7 +100,7 @@ def main() -> None:
         "",
         *table_lines(COLUMNS, rows),
     ]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
+    write_report(args.out, lines)
 
     def draw(ax) -> None:
         names = [r[0] for r in rows]

@@ -34,7 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import header, table_lines  # noqa: E402
+from common import header, table_lines, write_report  # noqa: E402
 
 
 def steps(work: Path, results: Path, args) -> list[tuple[str, list[str], int]]:
@@ -76,7 +76,6 @@ def main() -> None:
 
     import torch
 
-    from ssprompt.runtime.files import write_text_atomic
 
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA device (torch.cuda.is_available() is False)")
@@ -109,8 +108,7 @@ def main() -> None:
 
     lines = header("The prepared GPU run") + ["", f"Budget {args.budget:.0f} s; took {time.perf_counter() - began:.0f} s.", "",
                                                *table_lines(["step", "status", "seconds", "command"], report)]
-    write_text_atomic(args.results / "gpu_run_cuda.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.results / "gpu_run_cuda.md", lines)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import header, table_lines, write_plot  # noqa: E402
+from common import header, table_lines, write_plot, write_report  # noqa: E402
 
 # label, export folder under --work, fixed batch, CUDA graph, outputs copied to the host (None: all)
 STEPS = [
@@ -45,7 +45,6 @@ def main() -> None:
 
     from ssprompt.runtime.backends import open_runner
     from ssprompt.runtime.bench import benchmark
-    from ssprompt.runtime.files import write_text_atomic
 
     rows, missing, plotted = [], [], []
     for label, folder, fixed, graph, outputs in STEPS:
@@ -79,7 +78,7 @@ def main() -> None:
         *table_lines(COLUMNS, rows),
         *([""] + [f"- {line}" for line in missing] if missing else []),
     ]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
+    write_report(args.out, lines)
 
     def draw(ax_latency, ax_throughput) -> None:
         names = [p[0] for p in plotted]
@@ -94,7 +93,6 @@ def main() -> None:
 
     if plotted:
         write_plot(args.out.with_suffix(".png"), draw, "What each step buys", panels=2, size=(10, 1.2 + 0.45 * len(plotted)))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import header, table_lines  # noqa: E402
+from common import header, table_lines, write_report  # noqa: E402
 
 REGIONS = (("image_encoder", "SAM image encoder"), ("clip", "dense CLIP features"), ("decoder", "mask decoder"))
 OTHER = "classifier, semantic map, resize, argmax"
@@ -77,8 +77,6 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    from ssprompt.runtime.files import write_text_atomic
-
     if args.worker:
         device, path = profile(args.model, args.provider, args.batch, args.iters, Path(args.worker))
         print(json.dumps({"device": device, "profile": str(path)}))
@@ -106,8 +104,7 @@ def main() -> None:
         "",
         *table_lines(["op type", "ms per call", "%"], rows(by_op, 20)),
     ]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

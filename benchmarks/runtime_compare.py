@@ -586,7 +586,9 @@ def notes(args: argparse.Namespace, device: str, skipped: list[str], peaks: dict
         "per multiply-add; elementwise work, resizes and NMS are not counted). Runtime rows use the torch graph's "
         "count (the same graph). Achieved GFLOP/s = GFLOP/image x images/s.",
         f"- Peak: the measured throughput of a {gemm_size} x {gemm_size} torch.matmul at the row's precision on this "
-        f"device ({peak_text}), not a spec-sheet number{cpu_peak if device != 'cuda' else ''}.",
+        f"device ({peak_text}), not a spec-sheet number{cpu_peak if device != 'cuda' else ''}."
+        + (" ONNX Runtime's CUDA provider runs FP32 matmuls in TF32 by default, so its FP32 rows can pass the FP32 "
+           "peak, which torch measures without TF32." if device == "cuda" else ""),
         *(["- FLOPs were not counted (--no-flops)."] if not args.flops else []),
         *(f"- {line}" for line in skipped),
         "",

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot, write_report  # noqa: E402
 
 COLUMNS = ["precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "host peak RSS MB", "GPU peak MB", "timing"]
 
@@ -63,8 +63,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime_fullsize_cpu.md"))
     args = parser.parse_args()
 
-    from ssprompt.runtime.files import write_text_atomic
-
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -88,7 +86,7 @@ def main() -> None:
         "",
         *table_lines(COLUMNS, rows),
     ]
-    write_text_atomic(args.out, "\n".join(lines) + "\n")
+    write_report(args.out, lines)
 
     def draw(ax_latency, ax_throughput) -> None:
         for precision, result in results.items():
@@ -106,7 +104,6 @@ def main() -> None:
 
     write_plot(args.out.with_suffix(".png"), draw, f"ssp-bench, {args.sam} + {args.clip}, {environment['device']}", panels=2,
                size=(9, 3.4))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -26,9 +26,12 @@ __all__ = ["export_command"]
 def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, batch, engine, triton, calib, no_parity, workspace,
                    timing_cache, force) -> None:
     """Bake a prompt pack into one ONNX graph: uint8 image batch in, label map out."""
+    from ssprompt.runtime.files import terminate_like_interrupt
     from ssprompt.train.backbones import BackboneError
     from ssprompt.train.data import DataError
     from ssprompt.train.pack import PackError
+
+    terminate_like_interrupt()
 
     from .pipeline import ExportError, export_pack
     from .tensorrt import BatchRange

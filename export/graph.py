@@ -73,6 +73,11 @@ class SamLayoutDecoder(nn.Module):
         self.register_buffer("image_pe", model.dense_pe.clone())
         self.register_buffer("dense", model.no_mask_dense.clone())
 
+    @property
+    def sparse_prompts(self) -> torch.Tensor:
+        """NxTxE: the spatial prompts baked in."""
+        return self.spatial
+
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """BxExhxw image embeddings -> BxNx(4h)x(4w) mask logits, BxN IoU."""
         from ssprompt.train.decoder import decode_masks

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -11,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssprompt.runtime.files import atomic_folder, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
 from ssprompt.train.backbones import file_sha256
@@ -101,31 +100,6 @@ def traced_graph(graph, key: tuple, log=print):
     return _TRACED[key]
 
 
-def atomic_dir(final: Path) -> Path:
-    """A fresh temporary folder beside `final`, to be renamed onto it when complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-
-
-def commit_dir(tmp: Path, final: Path, marker: str) -> None:
-    """Move `tmp` onto `final`. An existing `final` must be an earlier export (it holds
-    `marker`); it is renamed aside first and restored if the move fails."""
-    backup = None
-    if final.exists():
-        if not (final / marker).is_file() or Path.cwd().resolve().is_relative_to(final.resolve()):
-            raise FileExistsError(f"{final}: not an ssprompt export folder (no {marker}); refusing to replace it")
-        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, backup)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, final)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def export_pack(
     pack_path: Path,
     out: Path,
@@ -160,8 +134,8 @@ def export_pack(
     precision = "fp16" if fp16 else "fp32"
     graph = ExportGraph(model, layout)
 
-    tmp = atomic_dir(out)
-    try:
+    remove_stale_temporaries(out.parent)  # what an export killed outright left behind
+    with atomic_folder(out, MODEL_FILE) as tmp:
         onnx_model = traced_graph(graph, (file_sha256(pack_path), sam_checkpoint, clip_pretrained, layout), log)
         if fp16:
             log(f"converting to FP16 ({', '.join(KEEP_FP32)} stay FP32)")
@@ -213,11 +187,6 @@ def export_pack(
             triton_configs = write_triton_repository(
                 tmp / "triton", name, onnx_path, batch.max, tmp / PLAN_FILE if plan_path else None)
         onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))
-        commit_dir(tmp, out, MODEL_FILE)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ExportResult(
-        out, out / MODEL_FILE, parity, time.perf_counter() - began, onnx_bytes, plan_path, command,
-        [out / p.relative_to(tmp) for p in triton_configs],
-    )
+        triton_configs = [out / p.relative_to(tmp) for p in triton_configs]
+    return ExportResult(out, out / MODEL_FILE, parity, time.perf_counter() - began, onnx_bytes, plan_path, command,
+                        triton_configs)

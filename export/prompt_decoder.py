@@ -86,6 +86,7 @@ class PromptDecoder(nn.Module):
             attn = first.cross_attn_token_to_image
             q0 = _heads(attn.q_proj(queries0 + tokens), self.heads) * self._scale(attn)  # (N, H, T, D)
 
+            self.output_tokens = int(output_tokens.shape[0])
             self.register_buffer("tokens", tokens.clone())
             self.register_buffer("queries0", queries0.clone())
             self.register_buffer("dense", dense_prompt.flatten(2).transpose(1, 2).clone())  # (1, P, E)
@@ -105,6 +106,11 @@ class PromptDecoder(nn.Module):
             self.register_buffer("up2_bias", convt2.bias.repeat(4).clone())
             self.register_buffer("up_norm_weight", norm.weight.detach().clone())
             self.register_buffer("up_norm_bias", norm.bias.detach().clone())
+
+    @property
+    def sparse_prompts(self) -> torch.Tensor:
+        """NxTsxE: the sparse prompt tokens baked in (the tokens after SAM's output tokens)."""
+        return self.tokens[:, self.output_tokens:]
 
     @staticmethod
     def _scale(attn: nn.Module) -> float:

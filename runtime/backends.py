@@ -230,7 +230,10 @@ class OnnxRuntimeRunner(Runner):
         self.cuda_graph = self.cuda_graph and gpu
         self.inputs = [TensorSpec(i.name, np.dtype(_ORT_TYPES[i.type]), self._fixed(i.shape)) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, np.dtype(_ORT_TYPES[o.type]), self._fixed(o.shape)) for o in self.session.get_outputs()]
-        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        except ValueError as err:
+            raise ModelError(f"{self.path}: {err}") from None
 
     def _fixed(self, shape) -> tuple:
         """The declared shape with the batch axis set where this session fixes it."""
@@ -258,8 +261,8 @@ class OnnxRuntimeRunner(Runner):
                 if self._binding is None or self._binding[2]:
                     raise
                 self.deactivate()
-                self.activate()
                 self.cuda_graph = False
+                self.activate()
                 self.notes.append(f"CUDA graph capture failed ({error_reason(err)}); running without it")
         if not self.on_gpu:
             return dict(zip(names, self.session.run(names, feed)))
@@ -339,7 +342,12 @@ class TensorRTRunner(Runner):
             raise ModelError(f"{self.path}: engine not found")
         if not sidecar_path.is_file():
             raise ModelError(f"{sidecar_path}: missing; the engine's metadata comes from this file written by ssp-export")
-        sidecar = json.loads(sidecar_path.read_text())
+        try:
+            sidecar = json.loads(sidecar_path.read_text())
+        except (OSError, ValueError) as err:
+            raise ModelError(f"{sidecar_path}: not a readable sidecar ({error_reason(err)})") from None
+        if not isinstance(sidecar, dict):
+            raise ModelError(f"{sidecar_path}: not a readable sidecar (not a JSON object)")
         check_sidecar(self.path, sidecar, trt.__version__, cuda.device_name())
         self.metadata = dict(sidecar)
 

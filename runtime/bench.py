@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .backends import Runner
 from .contract import INPUT, LABELS
+from .segmenter import check_metadata
 
 __all__ = ["BenchRow", "GpuMemory", "benchmark", "environment", "markdown_table", "plot_latency", "peak_rss_mb", "rss_mb", "reset_peak_rss"]
 
@@ -129,6 +130,7 @@ def benchmark(open_batch: Callable[[int], Runner], batches: list[int], warmup: i
         gpu = GpuMemory()
         reset_peak_rss()
         with open_batch(batch) as runner:
+            check_metadata(runner)
             size = int(runner.metadata["input_size"])
             feed = {INPUT: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)}
             for _ in range(warmup):

@@ -39,7 +39,10 @@ def _user_errors():
 @click.option("--quiet", is_flag=True)
 def run_command(model, inputs, out, batch, with_overlay, on_error, backend, provider, quiet) -> None:
     """Segment images (files or folders) with an exported model: label PNGs, overlays, summary.json."""
+    from .files import terminate_like_interrupt
     from .run import segment_files
+
+    terminate_like_interrupt()
 
     try:
         summary = segment_files(model, list(inputs), out, batch, with_overlay, on_error == "skip", backend, provider,
@@ -71,7 +74,9 @@ def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, 
     """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
     from .backends import open_runner
     from .bench import benchmark, environment, markdown_table, plot_latency, rows_as_dicts
-    from .files import write_text_atomic
+    from .files import terminate_like_interrupt, write_text_atomic
+
+    terminate_like_interrupt()
 
     try:
         sizes = [int(b) for b in batches.split(",")]

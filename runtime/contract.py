@@ -28,5 +28,16 @@ def encode_metadata(values: dict) -> dict[str, str]:
 
 
 def decode_metadata(props: dict[str, str]) -> dict:
-    """ONNX metadata_props (or a sidecar's dict) → plain values, prefix removed."""
-    return {key[len(METADATA_PREFIX):]: json.loads(value) for key, value in props.items() if key.startswith(METADATA_PREFIX)}
+    """ONNX metadata_props (or a sidecar's dict) → plain values, prefix removed.
+
+    Raises:
+      ValueError: a value under the prefix that is not JSON (naming its key).
+    """
+    values = {}
+    for key, value in props.items():
+        if key.startswith(METADATA_PREFIX):
+            try:
+                values[key[len(METADATA_PREFIX):]] = json.loads(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"metadata {key} is not JSON") from None
+    return values

@@ -1,13 +1,19 @@
-"""Reading images as 8-bit RGB, whatever the file holds (numpy + Pillow)."""
+"""Reading images as 8-bit RGB, whatever the file holds (numpy + Pillow).
+
+Every image and label the project reads is opened through `open_image`, the one place that
+turns whatever a decoder raises on a bad file into an `ImageError` naming the file.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "error_reason", "read_image", "find_images"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "error_reason", "open_image", "read_image", "find_images"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -22,8 +28,30 @@ def error_reason(err: BaseException) -> str:
         return "cannot identify image file"
     if isinstance(err, FileNotFoundError):
         return "file not found"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels, refused as a decompression bomb"
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0]
+
+
+@contextmanager
+def open_image(path: str | Path, what: str = "image", load: bool = True) -> Iterator[Image.Image]:
+    """`PIL.Image.open(path)`, its pixels loaded unless `load` is False (the header alone then);
+    a file that cannot be decoded raises an ImageError naming it.
+
+    Pillow refuses images of more than twice `Image.MAX_IMAGE_PIXELS` (about 179 million
+    pixels) as decompression bombs; that refusal is an ImageError too.
+    """
+    try:
+        im = Image.open(path)
+        if load:
+            im.load()
+    except Exception as err:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, struct.error, ...
+        raise ImageError(f"{path}: cannot read {what} ({error_reason(err)})") from err
+    try:
+        yield im
+    finally:
+        im.close()
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -39,15 +67,12 @@ def read_image(path: str | Path) -> np.ndarray:
       ImageError: the file cannot be read or decoded.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb(im, path)
-    except ImageError:
-        raise
-    except (OSError, ValueError, SyntaxError) as err:  # Pillow raises SyntaxError for some bad headers
-        raise ImageError(f"{path}: cannot read image ({error_reason(err)})") from err
+    with open_image(path) as im:
+        try:
+            upright = ImageOps.exif_transpose(im)
+        except Exception as err:  # noqa: BLE001 - a corrupt EXIF block fails in many ways
+            raise ImageError(f"{path}: cannot read image (bad EXIF orientation: {error_reason(err)})") from err
+        return _to_rgb(upright, path)
 
 
 def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
@@ -69,15 +94,16 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
 
 
 def find_images(paths: list[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders.
+    """Image files named directly or found (recursively, sorted, hidden ones left out) in the given folders.
 
     Raises:
       ImageError: a path that does not exist, or a folder holding no image.
     """
     found: list[Path] = []
     for entry in map(Path, paths):
-        if entry.is_dir():
-            inside = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if entry.is_dir():  # hidden files and folders (temporaries of interrupted writes among them) are not inputs
+            inside = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(entry).parts))
             if not inside:
                 raise ImageError(f"{entry}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             found.extend(inside)

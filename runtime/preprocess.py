@@ -11,9 +11,10 @@ __all__ = ["Letterbox", "letterbox", "resized_extent"]
 
 
 def resized_extent(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """Size (H, W) of an image whose longer side is scaled to `long_side`, rounded as SAM does."""
+    """Size (H, W) of an image whose longer side is scaled to `long_side`, rounded as SAM does,
+    and never below one pixel (a 10000 x 1 strip keeps one row)."""
     scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 @dataclass(frozen=True)

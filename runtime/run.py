@@ -11,12 +11,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .backends import open_runner
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, remove_stale_temporaries, write_text_atomic
 from .images import ImageError, find_images, read_image
 from .postprocess import overlay
 from .segmenter import Segmenter
 
-__all__ = ["segment_files", "write_png"]
+__all__ = ["segment_files", "unique_names", "write_png"]
 
 
 def write_png(array: np.ndarray, path: Path) -> None:
@@ -29,14 +29,39 @@ def _label_image(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return labels.astype(np.uint8 if num_classes <= 256 else np.uint16)
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
-    stems = []
+def unique_names(paths: list[Path]) -> list[str]:
+    """One output stem per input, all distinct: an input keeps its own stem where it can (first come,
+    first served), and a clash takes the stem with the first free suffix _1, _2, ...
+
+    A/a.png, B/a.png, C/a_1.png -> a, a_2, a_1: no suffix ever lands on another input's own stem.
+    """
+    taken: set[str] = set()
+    names: list[str | None] = []
     for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
-    return stems
+        if path.stem in taken:
+            names.append(None)
+        else:
+            taken.add(path.stem)
+            names.append(path.stem)
+    for i, path in enumerate(paths):
+        if names[i] is None:
+            count = 1
+            while f"{path.stem}_{count}" in taken:
+                count += 1
+            names[i] = f"{path.stem}_{count}"
+            taken.add(names[i])
+    return names
+
+
+def _previous_outputs(out: Path) -> set[Path]:
+    """The label and overlay files an earlier run listed in out/summary.json (nothing if it is unreadable)."""
+    try:
+        earlier = json.loads((out / "summary.json").read_text())
+        files = {out / record["label"] for record in earlier["images"]}
+        files |= {out / record["overlay"] for record in earlier["images"] if record.get("overlay")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {f for f in files if f.resolve().is_relative_to(out.resolve())}
 
 
 def segment_files(
@@ -54,24 +79,31 @@ def segment_files(
     """Segment every image under `inputs`; returns (and writes as out/summary.json) a summary.
 
     A bad image is reported by name and skipped (`skip_bad`) or stops the run; files already
-    written stay complete, since each is written to a temporary name and renamed.
+    written stay complete, since each is written to a temporary name and renamed. Folders are
+    made on the first write, after the model has loaded. Rerun into the same `out`, the files of
+    the earlier run that this one does not rewrite are removed (and said so), so the folder and
+    its summary.json agree.
+
+    Raises:
+      ImageError: no input image, an unreadable one with `skip_bad` off, or none segmented.
     """
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
     paths = find_images(list(inputs))
     out = Path(out)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    if with_overlay:
-        (out / "overlays").mkdir(exist_ok=True)
     records, skipped = [], []
+    written: set[Path] = set()
     with open_runner(model, backend, provider, batch=batch, cuda_graph=True) as runner:
         for note in runner.notes:
             log(note)
         segmenter = Segmenter(runner)
-        stems = _unique_stems(paths)
+        earlier = _previous_outputs(out)
+        for folder in (out, out / "labels", out / "overlays"):
+            remove_stale_temporaries(folder)
+        names = unique_names(paths)
         bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)
         for start in range(0, len(paths), batch):
-            chunk = list(zip(paths[start:start + batch], stems[start:start + batch]))
+            chunk = list(zip(paths[start:start + batch], names[start:start + batch]))
             images, kept = [], []
             for path, stem in chunk:
                 try:
@@ -87,15 +119,25 @@ def segment_files(
                 label_maps = segmenter.segment(images)
                 seconds = (time.perf_counter() - began) / len(images)
                 for (path, stem), image, labels in zip(kept, images, label_maps):
-                    write_png(_label_image(labels, len(segmenter.class_names)), out / "labels" / f"{stem}.png")
+                    record = {"file": str(path), "label": f"labels/{stem}.png", "height": int(labels.shape[0]),
+                              "width": int(labels.shape[1])}
+                    write_png(_label_image(labels, len(segmenter.class_names)), out / record["label"])
                     if with_overlay:
-                        write_png(overlay(image, labels, segmenter.palette), out / "overlays" / f"{stem}.png")
+                        record["overlay"] = f"overlays/{stem}.png"
+                        write_png(overlay(image, labels, segmenter.palette), out / record["overlay"])
+                    written |= {out / record["label"], out / record.get("overlay", record["label"])}
                     present = [segmenter.class_names[c] for c in np.unique(labels) if c < len(segmenter.class_names)]
-                    records.append({"file": str(path), "label": f"labels/{stem}.png", "height": int(labels.shape[0]),
-                                    "width": int(labels.shape[1]), "classes": present, "seconds": seconds})
+                    records.append({**record, "classes": present, "seconds": seconds})
             bar.update(len(chunk))
         bar.close()
         summary = {"model": str(model), "backend": runner.backend, "device": runner.device,
                    "precision": runner.metadata.get("precision"), "images": records, "skipped": skipped}
+    if not records:
+        raise ImageError(f"none of the {len(paths)} input images could be segmented ({len(skipped)} unreadable); nothing written")
+    stale = sorted(earlier - written)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} files of the previous run in {out} that this run did not write")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -37,3 +37,11 @@ def demo_run(tmp_path_factory, synthetic_root):
     summary = train_pack(ModelConfig(num_prompts=s["num_prompts"]), config, work / "pack.pt", progress=False,
                          weights_plot=work / "weights.png", log=lambda *_: None)
     return summary, work / "pack.pt", work / "cache"
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(demo_run, tmp_path_factory) -> Path:
+    """The demo pack exported once (FP32, parity-gated): model.onnx for the runtime tests."""
+    from ssprompt.export.pipeline import export_pack
+
+    return export_pack(demo_run[1], tmp_path_factory.mktemp("export") / "model", log=lambda *_: None).onnx

@@ -179,13 +179,14 @@ def build_sam(sam_type: str, checkpoint: str | Path | None = None, random_weight
     path = Path(checkpoint)
     if not path.is_file():
         raise BackboneError(f"{path}: SAM checkpoint not found (expected {SAM_CHECKPOINT_FILES.get(sam_type, 'a .pth file')})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a bad file
-        raise BackboneError(f"{path}: not a readable SAM checkpoint ({type(err).__name__}: {error_reason(err)})") from None
+    from .pack import load_tensors
+
+    state = load_tensors(path, BackboneError, "SAM checkpoint")
+    if not isinstance(state, dict):
+        raise BackboneError(f"{path}: not a SAM checkpoint (holds a {type(state).__name__}, not a state dict)")
     try:
         sam.load_state_dict(state)
-    except RuntimeError as err:
+    except Exception as err:  # noqa: BLE001 - missing keys, wrong shapes, non-tensor values
         raise BackboneError(f"{path}: weights do not fit SAM {sam_type} ({error_reason(err)})") from None
     return freeze(sam), file_sha256(path)
 

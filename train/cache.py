@@ -42,14 +42,17 @@ class FeatureCache:
     def key(image_digest: str, flip: bool) -> str:
         return f"{image_digest}-{'flip' if flip else 'orig'}"
 
-    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+    def load(self, key: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor] | None:
+        """The entry under `key` if it holds exactly the tensors named in `shapes`, of those shapes and
+        finite; None (a miss, recomputed and overwritten by the caller) for anything else."""
         path = self.directory / f"{key}.pt"
-        if not path.is_file():
-            self.misses += 1
-            return None
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged entry is recomputed, not fatal
+        entry = None
+        if path.is_file():
+            try:
+                entry = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a damaged entry is recomputed, not fatal
+                entry = None
+        if not _fits(entry, shapes):
             self.misses += 1
             return None
         self.hits += 1
@@ -57,3 +60,10 @@ class FeatureCache:
 
     def save(self, key: str, entry: dict[str, torch.Tensor]) -> None:
         atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in entry.items()}, self.directory / f"{key}.pt")
+
+
+def _fits(entry, shapes: dict[str, tuple[int, ...]]) -> bool:
+    return (isinstance(entry, dict) and set(entry) == set(shapes)
+            and all(isinstance(entry[k], torch.Tensor) and tuple(entry[k].shape) == tuple(shape)
+                    and (not entry[k].is_floating_point() or bool(torch.isfinite(entry[k]).all()))
+                    for k, shape in shapes.items()))

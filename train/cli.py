@@ -28,6 +28,9 @@ def _user_errors():
 
 
 def _run(job):
+    from ssprompt.runtime.files import terminate_like_interrupt
+
+    terminate_like_interrupt()
     try:
         return job()
     except _user_errors() as err:
@@ -96,7 +99,8 @@ def _backbone_options(fn):
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--weight-decay", default=1e-4, show_default=True)
-@click.option("--short-side", default=512, show_default=True, help="Labels resized so their shorter side is this (0: keep).")
+@click.option("--short-side", default=512, show_default=True, type=click.IntRange(min=0),
+              help="Labels resized so their shorter side is this (0: keep).")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", default="", help="Encoder feature cache (default ~/.cache/ssprompt or $SSPROMPT_CACHE).")
@@ -155,7 +159,8 @@ def train_command(**opts) -> None:
 @click.option("--default-prompts", is_flag=True, help="Evaluate the untrained default prompts (zero-shot baseline).")
 @click.option("--sam-checkpoint", type=click.Path(dir_okay=False), help="Default: the path recorded in the pack.")
 @click.option("--clip-pretrained", help="Default: the tag or path recorded in the pack.")
-@click.option("--short-side", default=None, type=int, help="Label resolution (default: the pack's training setting).")
+@click.option("--short-side", default=None, type=click.IntRange(min=0),
+              help="Label resolution, 0 to keep (default: the pack's training setting).")
 @click.option("--cache-dir", default="")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (miou, per_class, ...).")

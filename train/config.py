@@ -69,6 +69,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.short_side < 0:
+            raise ValueError(f"--short-side must be 0 (keep the labels' size) or positive, got {self.short_side}")
 
 
 def config_from_dict(cls, values: dict):

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ssprompt.runtime import images as runtime_images
@@ -301,7 +300,7 @@ def read_image(path: Path) -> np.ndarray:
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) after EXIF rotation, from the header only."""
     try:
-        with Image.open(path) as im:
+        with runtime_images.open_image(path, load=False) as im:
             width, height = im.size
             # PngImageFile.getexif() decodes the whole image when the EXIF chunk is
             # not in the header; such files are treated as unrotated.
@@ -309,8 +308,10 @@ def _image_size(path: Path) -> tuple[int, int]:
             if im.format == "PNG" and not exif_in_header:
                 return width, height
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read image ({error_reason(err)})") from err
+    except runtime_images.ImageError as err:
+        raise DataError(str(err)) from err
+    except Exception as err:  # noqa: BLE001 - a corrupt EXIF block fails in many ways
+        raise DataError(f"{path}: cannot read image (bad EXIF block: {error_reason(err)})") from err
     if orientation in (5, 6, 7, 8):
         return height, width
     return width, height
@@ -337,23 +338,20 @@ def read_label(sample: Sample, num_classes: int, void: int) -> np.ndarray:
     """
     path = sample.label
     try:
-        with Image.open(path) as im:
+        with runtime_images.open_image(path, "label") as im:
             mode = im.mode
-            if mode not in _LABEL_MODES:
-                if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"):
-                    raise DataError(
-                        f"{path}: label is {mode} (multi-channel); expected a single-channel PNG "
-                        "whose pixel values are class indices (mode L or P)"
-                    )
-                raise DataError(f"{path}: unsupported label mode {mode} (expected L, P, I;16 or I)")
-            im.load()
             label_size = im.size
             # np.asarray of a "P" image yields the palette indices themselves.
-            values = np.asarray(im)
-    except DataError:
-        raise
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot read label ({error_reason(err)})") from err
+            values = np.asarray(im) if mode in _LABEL_MODES else None
+    except runtime_images.ImageError as err:
+        raise DataError(str(err)) from err
+    if values is None:
+        if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA"):
+            raise DataError(
+                f"{path}: label is {mode} (multi-channel); expected a single-channel PNG "
+                "whose pixel values are class indices (mode L or P)"
+            )
+        raise DataError(f"{path}: unsupported label mode {mode} (expected L, P, I;16 or I)")
 
     image_size = _image_size(sample.image)
     if label_size != image_size:

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from ssprompt.runtime.files import atomic_path
-from ssprompt.runtime.images import error_reason
 
 from .config import METHODS
 
-__all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "package_version", "atomic_torch_save"]
+__all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "load_tensors",
+           "check_pack_fits", "package_version", "atomic_torch_save"]
 
 PACK_FORMAT = "ssprompt.pack"
 PACK_FORMAT_VERSION = 2  # 2: model_config.method and the baselines' learnables; version 1 packs read as ssprompt
@@ -102,10 +102,7 @@ def load_pack(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PackError(f"{path}: pack not found")
-    try:
-        pack = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip errors, EOF, unpickling refusals: all mean "not a usable pack"
-        raise PackError(f"{path}: not a readable pack (truncated or not a torch.save file: {error_reason(err)[:160]})") from None
+    pack = load_tensors(path, PackError, "pack")
     if not isinstance(pack, dict) or pack.get("format") != PACK_FORMAT:
         raise PackError(f"{path}: not an ssprompt pack (no format {PACK_FORMAT!r})")
     if pack.get("format_version") not in _READABLE_VERSIONS:
@@ -119,8 +116,59 @@ def load_pack(path: str | Path) -> dict:
     for name in _TENSORS:
         if not isinstance(pack[name], torch.Tensor):
             raise PackError(f"{path}: {name} is not a tensor")
+        if not pack[name].is_floating_point() or not bool(torch.isfinite(pack[name]).all()):
+            raise PackError(f"{path}: {name} holds NaN, infinite or non-float values")
     _check_shapes(path, pack)
+    _check_values(path, pack)
     return pack
+
+
+def load_tensors(path: Path, error: type[Exception], what: str):
+    """`torch.load(path, weights_only=True)`: tensors and plain values only, never code.
+
+    Raises `error` with one line naming the file: a pickled object other than tensors and plain
+    values is refused as such; anything else that does not load is a damaged file.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+            raise error(f"{path}: holds pickled Python objects besides tensors and plain values; refused, as a {what} "
+                        "never runs code when loaded") from None
+        raise error(f"{path}: not a readable {what} (damaged or not a torch.save file)") from None
+    except Exception:  # noqa: BLE001 - zip errors, EOF, bad headers: a damaged file
+        raise error(f"{path}: not a readable {what} (truncated, damaged or not a torch.save file)") from None
+
+
+def _check_values(path: Path, pack: dict) -> None:
+    """Plain values: class names, palette colours in 0..255, void, the configs as dicts."""
+    if not all(isinstance(name, str) and name for name in pack["class_names"]):
+        raise PackError(f"{path}: class names must be non-empty strings")
+    for i, colour in enumerate(pack["palette"]):
+        if not (isinstance(colour, (list, tuple)) and len(colour) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)):
+            raise PackError(f"{path}: palette colour {i} is {colour!r}; a colour is three integers in 0..255")
+    if not isinstance(pack["void"], int) or not 0 <= pack["void"] <= 65535:
+        raise PackError(f"{path}: void must be an integer label value, got {pack['void']!r}")
+    for name in ("backbones", "model_config", "train_config", "metrics"):
+        if not isinstance(pack[name], dict):
+            raise PackError(f"{path}: {name} must be a dict")
+
+
+def check_pack_fits(pack: dict, source: str | Path, prompt_width: int, semantic_width: int) -> None:
+    """The pack's prompt widths against the backbones it is about to be loaded into.
+
+    Arguments:
+      prompt_width: E, SAM's prompt embedding width (the spatial prompts' last axis).
+      semantic_width: D, CLIP's joint embedding width (the semantic prompts' last axis).
+    """
+    spatial, semantic = pack["fused_spatial"].shape[-1], pack["fused_semantic"].shape[-1]
+    if spatial != prompt_width:
+        raise PackError(f"{source}: spatial prompts are {spatial} wide; this SAM's prompt encoder embeds in {prompt_width}")
+    if semantic != semantic_width:
+        raise PackError(f"{source}: semantic prompts are {semantic} wide; this CLIP embeds in {semantic_width}")
 
 
 def _check_shapes(path: Path, pack: dict) -> None:

@@ -15,7 +15,7 @@ from .cache import FeatureCache, default_cache_dir
 from .config import ModelConfig, TrainConfig, config_from_dict
 from .data import class_presence, open_folder, sample_k_shot
 from .model import SSPrompt
-from .pack import PackError, build_pack, load_pack, save_pack
+from .pack import PackError, build_pack, check_pack_fits, load_pack, save_pack
 from .trainer import TrainResult, encode_folder, encoder_identity, evaluate, train_prompts
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
@@ -157,6 +157,9 @@ def model_from_pack(
                 f"{name} weights (sha256 {digest[:12]}) differ from the pack's (sha256 {expected[:12]}); "
                 f"pass the {flag} it was trained with"
             )
+    visual = backbones.clip.visual
+    check_pack_fits(pack, source, backbones.sam.prompt_encoder.embed_dim,
+                    getattr(visual, "output_dim", None) or int(visual.proj.shape[1]))
     model = SSPrompt(backbones, pack["class_names"], config, default_semantic=pack["default_semantic"])
     if not default_prompts:
         with torch.no_grad():

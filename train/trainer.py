@@ -79,6 +79,8 @@ def encode_folder(
     """
     device = model.dense_pe.device
     pad = sam_pad_value(model)
+    grid = model.clip_dense.grid
+    shapes = {"sam": tuple(model.dense_pe.shape[1:]), "clip": (model.clip_dense.embed_dim, grid, grid), "extent": (2,)}
     out: list[list[Features]] = []
     bar = tqdm(indices, desc=desc, unit="img", disable=not progress)
     for index in bar:
@@ -89,7 +91,7 @@ def encode_folder(
         per_image: list[Features] = []
         for flip in flips:
             key = cache.key(digest, flip)
-            entry = cache.load(key)
+            entry = cache.load(key, shapes)
             if entry is None:
                 image = read_image(sample.image) if image is None else image
                 view = np.ascontiguousarray(image[:, ::-1]) if flip else image
@@ -233,9 +235,9 @@ def train_prompts(
     if ckpt is not None and ckpt.is_file():
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception:  # a checkpoint cut short by the interrupt itself: start over
+        except Exception:  # noqa: BLE001 - cut short by the interrupt itself, or not ours: start over
             state = {}
-        if state.get("fingerprint") != fingerprint:
+        if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
             log(f"{ckpt}: not resumable (other settings, data or backbones, or damaged); starting afresh")
         else:
             with torch.no_grad():

@@ -181,7 +181,7 @@ def test_failed_parity_gate_says_by_how_much_and_writes_nothing(pack_path, tmp_p
     monkeypatch.setitem(parity_module.THRESHOLDS, "fp32", (1.1, 0.0, 0.0))  # unreachable
     with pytest.raises(ExportError, match=r"parity gate failed: fp32 parity .* labels agree on 100\.000% \(need 110\.0%\)"):
         export_pack(pack_path, tmp_path / "o", log=lambda *_: None)
-    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".ssprompt-tmp-*"))
 
 
 def test_calibration_folder_without_images_is_refused(tmp_path):
@@ -207,4 +207,4 @@ def test_a_failed_fp16_conversion_is_one_line_and_writes_nothing(pack_path, tmp_
     assert result.exit_code == 1 and "Traceback" not in result.output
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and error[0].startswith("Error: FP16 conversion failed:")
-    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".ssprompt-tmp-*"))

@@ -18,10 +18,8 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def onnx_model(demo_run, tmp_path_factory) -> Path:
-    from ssprompt.export.pipeline import export_pack
-
-    return export_pack(demo_run[1], tmp_path_factory.mktemp("rt") / "model", log=lambda *_: None).onnx
+def onnx_model(exported_onnx) -> Path:
+    return exported_onnx
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +243,23 @@ def test_benchmark_opens_one_runner_per_batch_size(onnx_model):
     rows, _ = benchmark(open_batch, [1, 2], warmup=0, iters=1, progress=False)
     assert opened == [1, 2] and [r.batch for r in rows] == [1, 2]
     assert all(r.gpu_peak_mb is None and r.gpu_memory_scope is None for r in rows)  # no GPU here
+
+
+def test_a_graph_that_cannot_be_captured_falls_back_to_plain_runs(onnx_model):
+    images = np.random.default_rng(5).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    with OnnxRuntimeRunner(onnx_model) as runner:
+        want = runner.infer({INPUT: images}, [LABELS])[LABELS]
+        runner.cuda_graph = True  # as a GPU session would be
+        real = type(runner.session).run_with_iobinding
+
+        def capture_fails(session, binding, *args):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+        type(runner.session).run_with_iobinding = capture_fails
+        try:
+            got = runner.infer({INPUT: images}, [LABELS])[LABELS]
+        finally:
+            type(runner.session).run_with_iobinding = real
+        assert runner.cuda_graph is False
+        assert runner.notes[-1] == "CUDA graph capture failed (operation not permitted when stream is capturing); running without it"
+    np.testing.assert_array_equal(got, want)

@@ -135,9 +135,9 @@ def test_export_bakes_the_prompts_the_baseline_learned(trained_packs, method):
 
     pack = load_pack(trained_packs[method][1])
     graph = ExportGraph(model_from_pack(pack, device="cpu")[0])
-    torch.testing.assert_close(graph.spatial, pack["fused_spatial"])
+    torch.testing.assert_close(graph.decoder.sparse_prompts, pack["fused_spatial"])
     torch.testing.assert_close(graph.semantic, F.normalize(pack["fused_semantic"], dim=-1))
-    assert not torch.equal(graph.spatial if method == "vspl" else graph.semantic,
+    assert not torch.equal(graph.decoder.sparse_prompts if method == "vspl" else graph.semantic,
                            pack["default_spatial"] if method == "vspl" else F.normalize(pack["default_semantic"], dim=-1))
 
 

@@ -48,10 +48,13 @@ class Payload:
     """A class outside weights_only's allow-list: stands in for a malicious pickle."""
 
 
-def test_pickled_objects_are_never_loaded(tmp_path):
+def test_pickled_objects_are_never_loaded_and_the_refusal_says_why(tmp_path):
     torch.save({"format": "ssprompt.pack", "x": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(PackError, match="not a readable pack"):
+    with pytest.raises(PackError) as refused:
         load_pack(tmp_path / "evil.pt")
+    message = str(refused.value)
+    assert message == (f"{tmp_path / 'evil.pt'}: holds pickled Python objects besides tensors and plain values; refused, "
+                       "as a pack never runs code when loaded")  # whole, one line, and not blamed on truncation
 
 
 def test_version_1_pack_reads_as_ssprompt(pack, tmp_path):

@@ -1,0 +1,269 @@
+"""Seeded mutation fuzzing of everything that reads outside input: packs, images, ONNX models and
+engines, labelled folders, and ssp-run over a folder of damaged images.
+
+Each input must end in a correct result or in the project's own error (PackError, ImageError,
+ModelError, DataError, BackboneError) whose message is one line naming the file; never another
+exception, never a half-written file. 600+ inputs, about a minute on two cores. The seed is fixed,
+so a failure names a case that reproduces.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssprompt.runtime.images import ImageError, read_image
+from ssprompt.train.data import DataError, open_folder, read_label
+from ssprompt.train.pack import PackError, load_pack
+
+SEED = 20261126
+
+
+def mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    """One random damage: flipped bytes, a cut, an insertion, a zeroed or repeated block, or noise."""
+    data = bytearray(data)
+    kind = rng.integers(6)
+    if kind == 0 and data:  # flip 1 to 16 bytes
+        for at in rng.integers(0, len(data), rng.integers(1, 17)):
+            data[at] ^= int(rng.integers(1, 256))
+    elif kind == 1:  # cut
+        data = data[: int(rng.integers(0, len(data) + 1))]
+    elif kind == 2:  # insert noise
+        at = int(rng.integers(0, len(data) + 1))
+        data[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+    elif kind == 3 and data:  # zero a block
+        at = int(rng.integers(0, len(data)))
+        data[at:at + int(rng.integers(1, 4096))] = bytes(min(len(data) - at, 4096))[: len(data[at:at + 4096])]
+    elif kind == 4 and data:  # repeat a block
+        at = int(rng.integers(0, len(data)))
+        data[at:at] = data[at:at + int(rng.integers(1, 512))]
+    else:  # noise of the same length
+        data = bytearray(rng.integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    return bytes(data)
+
+
+def _check(call: Callable[[], object], allowed: tuple[type[Exception], ...], path: Path, case: str) -> object | None:
+    """Run one case: its result, or None after an allowed one-line error naming `path`."""
+    try:
+        return call()
+    except allowed as err:
+        message = str(err)
+        assert "\n" not in message and str(path) in message, f"{case}: {type(err).__name__}: {message!r}"
+        return None
+    except Exception as err:  # noqa: BLE001 - the finding itself
+        pytest.fail(f"{case}: {type(err).__name__} escaped: {err}")
+
+
+# --------------------------------------------------------------------------- packs
+
+
+def _pack_values(pack: dict, rng: np.random.Generator) -> Iterator[dict]:
+    """Structural damage a file-level mutation rarely reaches: wrong types, shapes, values."""
+    tensor_keys = [k for k, v in pack.items() if isinstance(v, torch.Tensor)]
+    junk = [None, "text", 3, 2.5, [], {}, [1, 2], torch.zeros(0), torch.zeros(3, 3), float("nan")]
+    for _ in range(60):
+        bad = dict(pack)
+        kind = rng.integers(6)
+        key = str(rng.choice(list(pack)))
+        if kind == 0:
+            bad.pop(key)
+        elif kind == 1:
+            bad[key] = junk[int(rng.integers(len(junk)))]
+        elif kind == 2:
+            name = str(rng.choice(tensor_keys))
+            t = pack[name].clone()
+            t.view(-1)[int(rng.integers(t.numel()))] = float(rng.choice([np.nan, np.inf, -np.inf, 1e38]))
+            bad[name] = t
+        elif kind == 3:
+            name = str(rng.choice(tensor_keys))
+            bad[name] = pack[name][..., : max(1, pack[name].shape[-1] // 2)].contiguous()
+        elif kind == 4:
+            bad["palette"] = [[int(v) for v in rng.integers(-300, 600, 3)] for _ in pack["palette"]]
+        else:
+            bad["class_names"] = list(pack["class_names"][:-1]) if rng.integers(2) else [""] * len(pack["class_names"])
+        yield bad
+
+
+def test_fuzz_pack_loader(demo_run, tmp_path):
+    from ssprompt.train.backbones import BackboneError
+    from ssprompt.train.pipeline import model_from_pack
+
+    rng = np.random.default_rng(SEED)
+    source = demo_run[1].read_bytes()
+    pack = load_pack(demo_run[1])
+    path = tmp_path / "pack.pt"
+    loaded = 0
+    for i in range(150):
+        path.write_bytes(mutate(source, rng))
+        loaded += _check(lambda: load_pack(path), (PackError,), path, f"pack byte case {i}") is not None
+    for i, bad in enumerate(_pack_values(pack, rng)):
+        torch.save(bad, path)
+        result = _check(lambda: load_pack(path), (PackError,), path, f"pack value case {i}")
+        if result is not None:  # it passed the file checks: it must also fit the backbones or say why
+            loaded += 1
+            _check(lambda: model_from_pack(result, device="cpu", source=path), (PackError, BackboneError), path,
+                   f"pack value case {i} into the backbones")
+    assert loaded < 210  # most damage is caught; the rest loaded into a model
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _image_sources(folder: Path, synthetic_root: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    sources = [sorted((synthetic_root / "val" / "images").iterdir())[0]]
+    for name, image in (("a.jpg", Image.fromarray(rgb)), ("b.png", Image.fromarray(rgb).convert("P")),
+                        ("c.tiff", Image.fromarray(rgb)), ("d.webp", Image.fromarray(rgb)),
+                        ("e.png", Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))),
+                        ("f.bmp", Image.fromarray(rgb).convert("L"))):
+        image.save(folder / name)
+        sources.append(folder / name)
+    return sources
+
+
+def test_fuzz_image_reader(synthetic_root, tmp_path):
+    rng = np.random.default_rng(SEED + 1)
+    sources = _image_sources(tmp_path, synthetic_root)
+    read = 0
+    for i in range(175):
+        source = sources[i % len(sources)]
+        path = tmp_path / f"case{source.suffix}"
+        path.write_bytes(mutate(source.read_bytes(), rng))
+        image = _check(lambda: read_image(path), (ImageError,), path, f"image case {i} ({source.name})")
+        if image is not None:
+            read += 1
+            assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8 and min(image.shape[:2]) >= 1
+    assert 0 < read < 175
+
+
+# --------------------------------------------------------------------------- labelled folders
+
+
+def test_fuzz_dataset_reader(synthetic_root, tmp_path):
+    rng = np.random.default_rng(SEED + 2)
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    folder = open_folder(root, "val")
+    sample = folder.samples[0]
+    label_bytes, image_bytes = sample.label.read_bytes(), sample.image.read_bytes()
+    classes = (root / "classes.txt").read_bytes()
+    for i in range(120):
+        kind = i % 3
+        target = {0: sample.label, 1: sample.image, 2: root / "classes.txt"}[kind]
+        original = {0: label_bytes, 1: image_bytes, 2: classes}[kind]
+        target.write_bytes(mutate(original, rng))
+
+        def read():
+            opened = open_folder(root, "val", int(rng.integers(0, 300)))
+            return read_label(opened.samples[0], opened.num_classes, opened.void)
+
+        label = _check(read, (DataError,), root, f"dataset case {i} ({target.name})")  # names a file of the folder
+        if label is not None:
+            assert label.ndim == 2 and label.dtype == np.uint8
+        target.write_bytes(original)
+
+
+# --------------------------------------------------------------------------- models and engines
+
+_MODEL_WORKER = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from ssprompt.runtime.backends import ModelError, open_runner
+from ssprompt.runtime.contract import INPUT, LABELS
+from ssprompt.runtime.segmenter import check_metadata
+for line in sys.stdin:
+    path = Path(line.strip())
+    try:
+        with open_runner(path) as runner:
+            check_metadata(runner)
+            size = runner.metadata["input_size"]
+            labels = runner.infer({INPUT: np.zeros((1, size, size, 3), np.uint8)}, [LABELS])[LABELS]
+            result = {"ok": list(labels.shape)}
+    except (ModelError, ValueError) as err:
+        result = {"error": str(err), "type": type(err).__name__}
+    except Exception as err:
+        result = {"escaped": f"{type(err).__name__}: {err}"}
+    print(json.dumps(result), flush=True)
+"""
+
+
+def _model_cases(model: Path, folder: Path, rng: np.random.Generator) -> list[Path]:
+    import onnx
+
+    source = model.read_bytes()
+    cases = []
+    for i in range(90):  # damaged bytes
+        path = folder / f"bytes{i}.onnx"
+        path.write_bytes(mutate(source, rng))
+        cases.append(path)
+    proto = onnx.load(str(model))
+    for i in range(30):  # damaged metadata and shapes inside a well-formed file
+        damaged = onnx.ModelProto()
+        damaged.CopyFrom(proto)
+        props = damaged.metadata_props
+        entry = props[int(rng.integers(len(props)))]
+        entry.value = str(rng.choice(["{", "null", "[]", '"x"', "-1", "[[300,0,0]]", "1e999", ""]))
+        if i % 3 == 0:
+            damaged.graph.input[0].type.tensor_type.shape.dim[1].dim_value = int(rng.integers(1, 64))
+        path = folder / f"meta{i}.onnx"
+        onnx.save(damaged, str(path))
+        cases.append(path)
+    for i in range(10):  # an engine where TensorRT is absent, or a damaged one where it is present
+        path = folder / f"engine{i}.plan"
+        path.write_bytes(rng.integers(0, 256, 256, dtype=np.uint8).tobytes())
+        cases.append(path)
+    return cases
+
+
+def test_fuzz_model_and_engine_loader(exported_onnx, tmp_path):
+    """In one subprocess: a crash inside onnxruntime would end the worker, which the test reports."""
+    cases = _model_cases(exported_onnx, tmp_path, np.random.default_rng(SEED + 3))
+    done = subprocess.run([sys.executable, "-c", _MODEL_WORKER], input="\n".join(map(str, cases)) + "\n",
+                          capture_output=True, text=True, timeout=600)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and len(results) == len(cases), f"worker died after {len(results)} cases: {done.stderr[-2000:]}"
+    for path, result in zip(cases, results):
+        assert "escaped" not in result, f"{path.name}: {result['escaped']}"
+        if "error" in result:
+            assert result["type"] == "ModelError" or str(path) in result["error"], f"{path.name}: {result}"
+            assert "\n" not in result["error"] and str(path) in result["error"], f"{path.name}: {result}"
+    assert any("ok" in r for r in results) and any("error" in r for r in results)
+
+
+# --------------------------------------------------------------------------- ssp-run end to end
+
+
+def test_fuzz_ssp_run_over_damaged_images_writes_only_whole_files(exported_onnx, synthetic_root, tmp_path):
+    from click.testing import CliRunner
+
+    from ssprompt.runtime.cli import run_command
+    from ssprompt.runtime.files import is_temporary
+
+    rng = np.random.default_rng(SEED + 4)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sources = sorted((synthetic_root / "val" / "images").iterdir())[:4]
+    for i in range(60):
+        source = sources[i % len(sources)]
+        (inputs / f"{i:02d}{source.suffix}").write_bytes(mutate(source.read_bytes(), rng))
+    shutil.copy(sources[0], inputs / "good.png")
+    result = CliRunner().invoke(run_command, [str(exported_onnx), str(inputs), "--out", str(tmp_path / "o"), "--batch", "4",
+                                              "--overlay", "--quiet"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(summary["images"]) + len(summary["skipped"]) == 61
+    for record in summary["images"]:
+        with Image.open(tmp_path / "o" / record["label"]) as label:
+            assert label.size == (record["width"], record["height"])
+    assert not [p for p in (tmp_path / "o").rglob("*") if is_temporary(p)]
