@@ -329,9 +329,8 @@ def count_flops(call: Callable[[np.ndarray], Outputs], image: np.ndarray) -> flo
 
 
 def runtime_worker(spec: dict) -> dict:
-    """Pipeline 1: the exported graph through ssprompt.runtime (no torch in this process), configured as
-    ssp-bench runs it: ONNX Runtime gets one session per batch size with the batch axis fixed (and CUDA
-    graphs on CUDA); a TensorRT engine serves every batch size."""
+    """Pipeline 1: the exported graph through ssprompt.runtime (no torch in this process), as ssp-bench runs
+    it by default: one session per batch size."""
     from ssprompt.runtime.backends import open_runner
     from ssprompt.runtime.contract import CONFIDENCE, INPUT, LABELS
 
@@ -339,9 +338,8 @@ def runtime_worker(spec: dict) -> dict:
     gpu = GpuPeak(spec["device"], torch_rows=False)
     results, labels = {}, {}
     for batch in sorted(spec["batches"]):
-        tensorrt = spec["kind"] == "trt"
-        runner = open_runner(spec["model"], backend="tensorrt" if tensorrt else "onnxruntime", provider=spec["provider"],
-                             batch=None if tensorrt else batch, cuda_graph=spec["device"] == "cuda")
+        runner = open_runner(spec["model"], backend="tensorrt" if spec["kind"] == "trt" else "onnxruntime",
+                             provider=spec["provider"])
 
         def call(feed: np.ndarray) -> Outputs:
             outputs = runner.infer({INPUT: feed}, [LABELS, CONFIDENCE])
@@ -570,8 +568,8 @@ def notes(args: argparse.Namespace, device: str, skipped: list[str], peaks: dict
         "- GPU peak MB: torch.cuda.max_memory_allocated on torch rows; on runtime rows NVML's device memory in use "
         "(the whole device, CUDA context included, as ssp-bench reports it), n/a without NVML or CUDA.",
         "- Latency is host wall time per call, uint8 images in and the label map back on the host, for every row.",
-        "- The graph on ONNX Runtime runs as ssp-bench runs it: one session per batch size with the batch axis fixed"
-        f"{' and the call replayed as a CUDA graph' if device == 'cuda' else ''}; it copies the labels and confidences back.",
+        "- The graph on ONNX Runtime runs as ssp-bench runs it by default, one session per batch size; it copies the "
+        "labels and confidences back.",
         *([f"- AMG rows capped (--amg-images {args.amg_images}): batch 1 only, no warm-up, {args.amg_images} timed images, "
            "no FLOP count (the CPU table has it)."] if args.amg_images else []),
         "- The unfused pipeline batches the encoders over a call's images; SAM's MaskDecoder takes one image, so it "

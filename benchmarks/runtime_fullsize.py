@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--provider", default="auto")
-    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True, help="ssp-bench --cuda-graph (CUDA only)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=False, help="ssp-bench --cuda-graph (CUDA only)")
     parser.add_argument("--work", type=Path, help="folder with pack.pt and fp32/, fp16/ exports (export_fullsize.py --work)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime_fullsize_cpu.md"))
     args = parser.parse_args()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .fp16 import KEEP_FP32
+
 __all__ = ["export_command"]
 
 
@@ -14,7 +16,10 @@ __all__ = ["export_command"]
 @click.option("--sam-checkpoint", type=click.Path(dir_okay=False), help="Default: the path recorded in the pack.")
 @click.option("--clip-pretrained", help="Default: the tag or path recorded in the pack.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (model.onnx, ...).")
-@click.option("--fp16", is_flag=True, help="FP16 graph (normalisations kept FP32); looser parity threshold.")
+@click.option("--fp16", is_flag=True, help="FP16 graph (FP32 I/O; only the op types of --keep-fp32 compute in FP32); looser parity threshold.")
+@click.option("--keep-fp32", default=",".join(KEEP_FP32), show_default=True,
+              help="With --fp16: ONNX op types that compute in FP32, comma-separated (e.g. add LayerNormalization,Softmax "
+                   "if a trained model fails the FP16 parity gate).")
 @click.option("--batch", default="1:1:8", show_default=True, help="Engine / Triton batch range MIN:OPT:MAX.")
 @click.option("--engine", is_flag=True, help="Build a TensorRT engine (or print the trtexec line where TensorRT is absent).")
 @click.option("--triton", is_flag=True, help="Also write a Triton model repository (OUT/triton).")
@@ -23,8 +28,8 @@ __all__ = ["export_command"]
 @click.option("--workspace", default=4096, show_default=True, help="TensorRT workspace limit, MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache (default: OUT.timing.cache).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
-def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, batch, engine, triton, calib, no_parity, workspace,
-                   timing_cache, force) -> None:
+def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, batch, engine, triton, calib, no_parity,
+                   workspace, timing_cache, force) -> None:
     """Bake a prompt pack into one ONNX graph: uint8 image batch in, label map out."""
     from ssprompt.runtime.files import terminate_like_interrupt
     from ssprompt.train.backbones import BackboneError
@@ -40,7 +45,7 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, batch, engi
         result = export_pack(
             Path(pack), Path(out), sam_checkpoint, clip_pretrained, fp16, BatchRange.parse(batch), engine, triton,
             Path(calib) if calib else None, not no_parity, force, workspace, Path(timing_cache) if timing_cache else None,
-            log=click.echo,
+            keep_fp32=tuple(op for op in keep_fp32.split(",") if op), log=click.echo,
         )
     except (BackboneError, DataError, PackError, ExportError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(" ".join(str(err).split())) from None

@@ -18,10 +18,12 @@ import numpy as np
 
 __all__ = ["KEEP_FP32", "FP16_MAX", "to_fp16", "count_casts"]
 
-# Measured (benchmarks/results/fp16_ops_*.md): on the full-size graph every op type passes the parity gate in
-# float16, the previous converter's twelve float32 op types included. ReduceL2 (the L2 norm of mask-pooled
-# CLIP features) stays float32 on a bound rather than a measurement: its sum of squares overflows float16
-# once a feature vector's norm passes 256; it is one node on a B x N x D tensor (two Casts).
+# Measured (benchmarks/results/fp16_ops_*.md) on the full-size graph with random weights: every op type passes
+# the parity gate in float16, each that the previous converter kept in float32 included. Trained weights can
+# have larger activations; `ssp-export --keep-fp32` keeps more op types in float32 where the gate says so.
+# ReduceL2 (the L2 norm of mask-pooled CLIP features) stays float32 on a bound rather than a measurement:
+# its sum of squares overflows float16 once a feature vector's norm passes 256; it is one node on a
+# B x N x D tensor (two Casts).
 KEEP_FP32 = ("ReduceL2",)
 FP16_MAX = 65504.0
 
@@ -40,26 +42,53 @@ _SMALL = 4096  # initializers up to this many elements keep their values for typ
 _FIXED_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1)}
 
 
-def _float_names(model) -> dict[str, int]:
-    """Element type of every tensor whose type is known after ONNX type inference."""
+def _light(model):
+    """`model` with its large initializers turned into typed graph inputs: the same graph for type and
+    shape inference, without copying the weights (small ones keep their values: shapes, sizes, scales)."""
     import onnx
 
     graph = model.graph
-    small = [t for t in graph.initializer if np.prod(t.dims, dtype=np.int64) <= _SMALL]  # shapes, sizes, scales: values matter
+    small = [t for t in graph.initializer if np.prod(t.dims, dtype=np.int64) <= _SMALL]
     large = [t for t in graph.initializer if np.prod(t.dims, dtype=np.int64) > _SMALL]
-    light = onnx.helper.make_model(
+    return onnx.helper.make_model(
         onnx.helper.make_graph(
             list(graph.node), graph.name,
             list(graph.input) + [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in large],
             list(graph.output), small,
         ),
         opset_imports=model.opset_import, ir_version=model.ir_version,
-    )  # weights as typed inputs: type inference without copying them
-    inferred = onnx.shape_inference.infer_shapes(light)
+    )
+
+
+def _float_names(model) -> dict[str, int]:
+    """Element type of every tensor whose type is known after ONNX type inference."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(_light(model))
     types = {}
     for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         types[info.name] = info.type.tensor_type.elem_type
     return types
+
+
+def _constants_to_initializers(graph) -> None:
+    """Float Constant nodes become initializers, so each consumer gets them in its own type, as weights do."""
+    from onnx import TensorProto, numpy_helper
+
+    kept = []
+    for node in graph.node:
+        attribute = node.attribute[0] if node.op_type == "Constant" and len(node.attribute) == 1 else None
+        values = None
+        if attribute is not None and attribute.name == "value" and attribute.t.data_type == TensorProto.FLOAT:
+            values = numpy_helper.to_array(attribute.t)
+        elif attribute is not None and attribute.name in ("value_float", "value_floats"):
+            values = np.asarray(attribute.f if attribute.name == "value_float" else list(attribute.floats), np.float32)
+        if values is None:
+            kept.append(node)
+        else:
+            graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), node.output[0]))
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def to_fp16(model, keep_fp32=KEEP_FP32):
@@ -83,6 +112,7 @@ def to_fp16(model, keep_fp32=KEEP_FP32):
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         raise ValueError("to_fp16: graphs with subgraphs (If, Loop, Scan) are not supported")
+    _constants_to_initializers(graph)
     types = _float_names(model)
 
     initializers = {t.name: t for t in graph.initializer}
@@ -135,11 +165,17 @@ def to_fp16(model, keep_fp32=KEEP_FP32):
         if want is not None:
             for i in float_inputs:
                 node.input[i] = as_type(node.input[i], want)
+        for i, name in enumerate(node.input):  # an input whose type the spec fixes gets back its original one
+            original = types.get(name)
+            if (node.op_type, i) in _FIXED_INPUTS and name and original in (FLOAT, HALF) and stored.get(name) != original:
+                node.input[i] = as_type(name, original)
         for name in node.input:
             if name in initializers:
                 used_initializers.add(name)
-        makes_type = node.op_type in ("Cast", "Constant", "ConstantOfShape")  # output type set by an attribute
-        if makes_type and want == HALF:
+        makes_type = node.op_type in ("Cast", "ConstantOfShape")  # output type set by an attribute
+        if makes_type and want == HALF and types.get(node.output[0]) == FLOAT:
+            if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+                node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
             for attribute in node.attribute:
                 if attribute.name == "to" and attribute.i == FLOAT:
                     attribute.i = HALF
@@ -166,6 +202,7 @@ def to_fp16(model, keep_fp32=KEEP_FP32):
     graph.node.extend(nodes)
     del graph.value_info[:]
     onnx.checker.check_model(model)
+    onnx.checker.check_model(_light(model), full_check=True)  # types agree at every node (strict inference)
     return model
 
 

@@ -10,10 +10,9 @@ import torch
 
 from ssprompt.runtime.contract import BATCH_AXIS, INPUT, OUTPUTS, encode_metadata
 
-from .fp16 import to_fp16
 from .graph import ExportGraph, dummy_inputs, output_shapes
 
-__all__ = ["OPSET", "EXTERNAL_DATA_LIMIT", "export_onnx", "declare_output_shapes", "to_fp16", "write_model"]
+__all__ = ["OPSET", "EXTERNAL_DATA_LIMIT", "export_onnx", "declare_output_shapes", "write_model"]
 
 OPSET = 17  # first opset with LayerNormalization
 EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which tensors go to a .data file (protobuf caps at 2 GB)
@@ -79,14 +78,24 @@ def simplify(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
     return onnxslim.slim(model)
 
 
+def _copy(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
 def write_model(model: "onnx.ModelProto", path: str | Path, metadata: dict) -> Path:  # noqa: F821
     """Stamp metadata, write (external data past 1.8 GB), check with onnx.checker."""
     import onnx
 
     path = Path(path)
+    external = model.ByteSize() > EXTERNAL_DATA_LIMIT
+    if external:  # saving with external data moves the weights out of the proto: keep the caller's whole
+        model = _copy(model)
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, encode_metadata(metadata))
-    external = model.ByteSize() > EXTERNAL_DATA_LIMIT
     onnx.save_model(
         model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
         location=path.name + ".data" if external else None,

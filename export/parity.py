@@ -37,7 +37,8 @@ class Parity:
         return (
             f"{self.precision} parity on {self.images} images ({self.provider}): labels agree on "
             f"{100 * self.label_agreement:.3f}% (need {100 * min_agree:.1f}%), mask logits |err| mean "
-            f"{self.mask_mean_error:.2e} (max allowed {max_mean:.0e}), max {self.mask_max_error:.2e} (max allowed {max_max:.0e})"
+            f"{self.mask_mean_error:.2e} (max allowed {max_mean:.0e}), max {self.mask_max_error:.2e} (max allowed {max_max:.0e}); "
+            f"confidence |err| max {self.confidence_max_error:.2e}"
         )
 
 

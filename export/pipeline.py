@@ -14,8 +14,8 @@ from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
 from ssprompt.train.backbones import file_sha256
 
-from .fp16 import KEEP_FP32
-from .onnx_export import export_onnx, to_fp16, write_model
+from .fp16 import KEEP_FP32, to_fp16
+from .onnx_export import export_onnx, write_model
 from .parity import Parity, check_parity
 from .tensorrt import BatchRange, build_engine, tensorrt_available, trtexec_command, write_sidecar
 
@@ -116,6 +116,7 @@ def export_pack(
     timing_cache: Path | None = None,
     parity_provider: str = "auto",
     layout: str = "graph",
+    keep_fp32: tuple[str, ...] = KEEP_FP32,
     log=print,
 ) -> ExportResult:
     from ssprompt.train.pack import load_pack
@@ -138,9 +139,9 @@ def export_pack(
     with atomic_folder(out, MODEL_FILE) as tmp:
         onnx_model = traced_graph(graph, (file_sha256(pack_path), sam_checkpoint, clip_pretrained, layout), log)
         if fp16:
-            log(f"converting to FP16 ({', '.join(KEEP_FP32)} stay FP32)")
+            log(f"converting to FP16 ({', '.join(keep_fp32) or 'nothing'} kept in FP32)")
             try:
-                onnx_model = to_fp16(onnx_model)
+                onnx_model = to_fp16(onnx_model, keep_fp32)
             except Exception as err:  # noqa: BLE001 - onnx raises its own checker errors
                 raise ExportError(f"FP16 conversion failed: {error_reason(err)}") from None
         metadata = graph_metadata(model, pack, pack_path, precision)
@@ -164,7 +165,8 @@ def export_pack(
                 raise ExportError(f"parity check could not run {MODEL_FILE}: {error_reason(err)}") from None
             log(parity.describe())
             if not parity.passed:
-                raise ExportError(f"parity gate failed: {parity.describe()}; nothing written")
+                hint = "; --keep-fp32 can keep more op types in FP32" if fp16 else ""
+                raise ExportError(f"parity gate failed: {parity.describe()}; nothing written{hint}")
 
         plan_path, command = None, None
         cache = timing_cache or out.with_name(out.name + ".timing.cache")

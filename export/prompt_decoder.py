@@ -66,7 +66,7 @@ class PromptDecoder(nn.Module):
         self.heads = transformer.num_heads
         self.chunk = int(chunk)
         self.num_prompts = int(sparse.shape[0])
-        _, dim, h, w = image_pe.shape
+        h, w = image_pe.shape[-2:]
         self.grid = (int(h), int(w))
         self.layer0 = first
         self.layer1 = second

@@ -12,6 +12,7 @@ TensorRT and the CUDA bindings are imported only when a TensorRT runner activate
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,11 +135,12 @@ class OnnxRuntimeRunner(Runner):
 
     The TensorRT provider is asked for only where TensorRT's libraries load; a provider that is
     asked for but cannot start falls back to the next, and `notes` says so in one line.
-    On a GPU provider, `batch` fixes the batch axis (ONNX Runtime then folds every shape computation
-    into constants; smaller batches are padded) and `cuda_graph` replays the whole call as one CUDA
-    graph, with inputs and outputs bound to fixed device buffers; outputs stay on the device unless
-    asked for. On the CPU the batch axis stays dynamic: measured on the full-size graph, a fixed one
-    raised the peak memory from 1.6 to 3.6 GB at batch 1 for no speed.
+    On a GPU provider, inputs are copied in and the outputs asked for are copied back through
+    IOBinding. `cuda_graph` (CUDA provider, with `batch`) builds the session for that batch size
+    (the batch axis fixed, every shape computation folded into constants, smaller batches padded)
+    and replays each call as one captured CUDA graph over fixed device buffers. It is off by
+    default: on the H200 it saved 0.5 ms at batch 1 but cost 1 image/s and 3.7 GB at batch 8
+    (benchmarks/results/gpu_ablation_cuda.md).
     """
 
     backend = "onnxruntime"
@@ -174,17 +176,20 @@ class OnnxRuntimeRunner(Runner):
         return chain
 
     def _options(self, key: str) -> dict[str, str]:
+        if key == "tensorrt":  # engines built once per model and shape, kept between sessions
+            cache = Path(os.environ.get("SSPROMPT_CACHE", Path.home() / ".cache" / "ssprompt")) / "tensorrt"
+            return {"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": "1"}
         if key != "cuda":
             return {}
         return dict(self.cuda_options, enable_cuda_graph="1" if self.cuda_graph else "0")
 
-    def _session_options(self, ort, gpu: bool):
+    def _session_options(self, ort, fixed: bool):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fallbacks are reported by `notes` and `device`
         # The memory pattern preallocates every intermediate of a fixed-shape run in one plan; measured on the
         # full-size graph (ONNX Runtime CPU, batch 1) it raised the peak from 4.3 to 7.4 GB.
         options.enable_mem_pattern = False
-        if gpu and self.batch is not None:
+        if fixed:
             options.add_free_dimension_override_by_name(BATCH_AXIS, self.batch)
         return options
 
@@ -201,35 +206,45 @@ class OnnxRuntimeRunner(Runner):
             except Exception:  # noqa: BLE001 - the provider then reports what is missing
                 pass
         last_error: Exception | None = None
+        fixed = False
         i = 0
         while i < len(chain):
             key = chain[i]
             providers = [(ORT_PROVIDERS[k], self._options(k)) for k in chain[i:]]
+            fixed = key == "cuda" and self.cuda_graph
             try:
-                options = self._session_options(ort, gpu=key != "cpu")
-                self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
-                break
+                self.session = ort.InferenceSession(str(self.path), sess_options=self._session_options(ort, fixed),
+                                                    providers=providers)
             except Exception as err:  # noqa: BLE001 - ORT raises its own types, all meaning "not with these"
                 last_error = err
                 if "Protobuf parsing failed" in str(err) or "INVALID_PROTOBUF" in str(err) or "NO_SUCHFILE" in str(err):
                     break
-                if key == "cuda" and self.cuda_graph:  # the same provider without graph capture, before giving it up
+                if fixed:  # the same provider without graph capture, before giving it up
                     self.cuda_graph = False
                     reasons.append(f"CUDA graph capture could not start ({error_reason(err)})")
                     continue
                 reasons.append(f"{ORT_PROVIDERS[key]} could not start ({error_reason(err)})")
                 i += 1
+                continue
+            if fixed and self.session.get_providers()[0] != ORT_PROVIDERS["cuda"]:
+                # onnxruntime fell back to the CPU on its own: rebuild with the CPU's options (a dynamic batch axis)
+                self.cuda_graph = False
+                self.session = None
+                continue
+            break
         if self.session is None:
             raise ModelError(f"{self.path}: not a loadable ONNX model ({error_reason(last_error) if last_error else 'no provider'})")
         self.device = self.session.get_providers()[0]
         if chain and self.device != ORT_PROVIDERS[chain[0]] and not reasons:
             reasons.append(f"{ORT_PROVIDERS[chain[0]]} could not start")
         self.notes = [f"{'; '.join(reasons)}; running on {self.device}"] if reasons else []
-        gpu = self.device != ORT_PROVIDERS["cpu"]
-        self.fixed_batch = self.batch if gpu else None
-        self.cuda_graph = self.cuda_graph and gpu
+        self.fixed_batch = self.batch if fixed else None
+        self.cuda_graph = fixed
         self.inputs = [TensorSpec(i.name, np.dtype(_ORT_TYPES[i.type]), self._fixed(i.shape)) for i in self.session.get_inputs()]
         self.outputs = [TensorSpec(o.name, np.dtype(_ORT_TYPES[o.type]), self._fixed(o.shape)) for o in self.session.get_outputs()]
+        if self.cuda_graph and not all(isinstance(d, int) for o in self.outputs for d in o.shape):
+            self.cuda_graph = False  # fixed device buffers need every output's size; an older export declares names
+            self.notes.append("CUDA graph off: the model does not declare static output shapes (export it again)")
         try:
             self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         except ValueError as err:
@@ -254,26 +269,44 @@ class OnnxRuntimeRunner(Runner):
             return {name: value[:count] for name, value in self.infer(padded, outputs).items()}
         self.check_feed(feed)
         names = [o.name for o in self.outputs] if outputs is None else list(outputs)
-        if self.cuda_graph:
-            try:
-                return self._infer_bound(feed, names)
-            except Exception as err:  # noqa: BLE001 - a graph that cannot be captured fails in its first run
-                if self._binding is None or self._binding[2]:
-                    raise
+        unknown = [n for n in names if n not in {o.name for o in self.outputs}]
+        if unknown:
+            raise ValueError(f"{self.path}: no output named {', '.join(unknown)}; outputs are {', '.join(o.name for o in self.outputs)}")
+        try:
+            if self.cuda_graph:
+                failed = self._capture_failure(feed, names)
+                if isinstance(failed, dict):
+                    return failed
+                notes = self.notes
                 self.deactivate()
                 self.cuda_graph = False
                 self.activate()
-                self.notes.append(f"CUDA graph capture failed ({error_reason(err)}); running without it")
-        if not self.on_gpu:
-            return dict(zip(names, self.session.run(names, feed)))
-        binding = self.session.io_binding()
-        for name, array in feed.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        for spec in self.outputs:
-            binding.bind_output(spec.name, "cuda")
-        self.session.run_with_iobinding(binding)
-        values = dict(zip([o.name for o in self.outputs], binding.get_outputs()))
-        return {name: values[name].numpy() for name in names}
+                self.notes = notes + self.notes + [f"CUDA graph capture failed ({failed}); running without it"]
+            if not self.on_gpu:
+                return dict(zip(names, self.session.run(names, feed)))
+            binding = self.session.io_binding()
+            for name, array in feed.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            for spec in self.outputs:
+                binding.bind_output(spec.name, "cuda")
+            self.session.run_with_iobinding(binding)
+            values = dict(zip([o.name for o in self.outputs], binding.get_outputs()))
+            return {name: values[name].numpy() for name in names}
+        except ModelError:
+            raise
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own types: out of memory, a failing kernel, ...
+            raise ModelError(f"{self.path}: onnxruntime could not run it on {self.device} ({error_reason(err)})") from None
+
+    def _capture_failure(self, feed: dict[str, np.ndarray], names: list[str]) -> dict | str:
+        """The bound, graph-replaying call's outputs, or why its first call (the capture) failed.
+        Failures of later calls, and failures that are not about the graph capture, propagate."""
+        try:
+            return self._infer_bound(feed, names)
+        except Exception as err:  # noqa: BLE001 - a graph that cannot be captured fails in its first run
+            reason = error_reason(err)
+            if self._binding is None or self._binding[2] or not any(w in reason.lower() for w in ("captur", "graph")):
+                raise
+            return reason
 
     def _infer_bound(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         """Fixed device buffers for every input and output, as CUDA graph replay needs; copies in place."""
@@ -416,8 +449,8 @@ def open_runner(path: str | Path, backend: str = "auto", provider: str = "auto",
                 cuda_graph: bool = False) -> Runner:
     """A runner for `path`: TensorRT for .plan / .engine files, ONNX Runtime for .onnx (or as asked).
 
-    `batch` and `cuda_graph` fix ONNX Runtime's batch axis and replay CUDA graphs (see
-    OnnxRuntimeRunner); a TensorRT engine takes any batch of its profile.
+    `cuda_graph` with `batch`: ONNX Runtime's CUDA provider replays calls of that batch size as a
+    CUDA graph (see OnnxRuntimeRunner); a TensorRT engine takes any batch of its profile.
     """
     path = Path(path)
     if backend == "auto":

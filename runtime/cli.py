@@ -13,8 +13,9 @@ __all__ = ["run_command", "bench_command"]
 
 _backend = click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
                         help="auto: TensorRT for .plan/.engine, ONNX Runtime for .onnx.")
-_cuda_graph = click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
-                           help="On ONNX Runtime's CUDA provider, replay each call as one captured CUDA graph.")
+_cuda_graph = click.option("--cuda-graph/--no-cuda-graph", default=False, show_default=True,
+                           help="On ONNX Runtime's CUDA provider: one session per batch size, each call replayed as a "
+                                "captured CUDA graph (faster at batch 1, more memory at large batches).")
 _provider = click.option("--provider", type=click.Choice(["auto", "tensorrt", "cuda", "cpu"]), default="auto", show_default=True,
                          help="ONNX Runtime execution provider (auto: best available; falls back and says which ran).")
 
@@ -61,16 +62,13 @@ def run_command(model, inputs, out, batch, with_overlay, on_error, backend, prov
 @_backend
 @_provider
 @_cuda_graph
-@click.option("--fixed-batch/--dynamic-batch", default=True, show_default=True,
-              help="ONNX Runtime: one session per batch size with the batch axis fixed (shapes fold into constants).")
 @click.option("--outputs", default=LABELS, show_default=True,
               help="Outputs copied back to the host each call, comma-separated, or 'all' (ssp-run needs labels).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--markdown", type=click.Path(dir_okay=False), help="Write the table to this markdown file.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a latency/throughput plot (PNG; needs matplotlib).")
 @click.option("--quiet", is_flag=True)
-def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, fixed_batch, outputs, as_json, markdown, plot,
-                  quiet) -> None:
+def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, outputs, as_json, markdown, plot, quiet) -> None:
     """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
     from .backends import open_runner
     from .bench import benchmark, environment, markdown_table, plot_latency, rows_as_dicts
@@ -85,12 +83,11 @@ def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, 
     except ValueError as err:
         raise click.ClickException(str(err) if "--" in str(err) else f"--batch {batches!r}: expected sizes like 1,2,4") from None
     command = (f"ssp-bench {model} --batch {batches} --warmup {warmup} --iters {iters} --backend {backend} "
-               f"--provider {provider} --{'' if cuda_graph else 'no-'}cuda-graph --{'fixed' if fixed_batch else 'dynamic'}-batch "
-               f"--outputs {outputs}")
+               f"--provider {provider} --{'' if cuda_graph else 'no-'}cuda-graph --outputs {outputs}")
     wanted = None if outputs == "all" else tuple(outputs.split(","))
 
     def open_batch(batch: int):
-        return open_runner(model, backend, provider, batch=batch if fixed_batch else None, cuda_graph=cuda_graph)
+        return open_runner(model, backend, provider, batch=batch, cuda_graph=cuda_graph)
 
     try:
         rows, runner = benchmark(open_batch, sizes, warmup, iters, outputs=wanted, progress=not (quiet or as_json),

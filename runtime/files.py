@@ -1,10 +1,11 @@
 """Atomic writes of files and folders: readers never see half of either, a failure leaves nothing behind.
 
-Temporaries are hidden, named `.ssprompt-tmp-<pid>-<name>...` beside their final path, and get the
-umask's modes when they are renamed into place. SIGTERM is handled like Ctrl-C
+Temporaries are hidden, named `.ssprompt-tmp-<pid>@<host>-<name>...` beside their final path, and
+get the umask's modes when they are renamed into place. SIGTERM is handled like Ctrl-C
 (`terminate_like_interrupt`), so the cleanup that follows an interrupt runs for it too; a
-temporary left by a process that was killed outright is recognised by its dead pid, never read
-as input (`is_temporary`) and removed by the next writer in that folder (`remove_stale_temporaries`).
+temporary left by a process that was killed outright is never read as input (`is_temporary`)
+and is removed by the next writer in that folder on the same host, once its pid is gone
+(`remove_stale_temporaries`); another host's temporaries are left to that host.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,13 +26,24 @@ TEMPORARY_PREFIX = ".ssprompt-tmp-"
 
 
 def _umask() -> int:
+    try:  # Linux: read without changing it, so no other thread ever creates a file under umask 0
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+def _host() -> str:
+    return "".join(c for c in socket.gethostname() if c.isascii() and c.isalnum()) or "host"
+
+
 def _prefix(name: str) -> str:
-    return f"{TEMPORARY_PREFIX}{os.getpid()}-{name}."
+    return f"{TEMPORARY_PREFIX}{os.getpid()}@{_host()}-{name}."
 
 
 def is_temporary(path: str | Path) -> bool:
@@ -39,12 +52,14 @@ def is_temporary(path: str | Path) -> bool:
 
 
 def _owner_alive(path: Path) -> bool:
-    pid_text = path.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
-    if not pid_text.isdigit():
-        return False
+    """False only for a temporary of this host whose process is gone."""
+    owner = path.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+    pid, _, host = owner.partition("@")
+    if host != _host() or not (pid.isascii() and pid.isdigit()):
+        return True  # another host's, or not a name this module made: not ours to judge
     try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # alive, another user's
         return True
@@ -105,14 +120,17 @@ def atomic_folder(path: str | Path, marker: str) -> Iterator[Path]:
 def _replace_folder(tmp: Path, final: Path, marker: str) -> None:
     backup = None
     if final.exists():
-        if not (final / marker).is_file() or Path.cwd().resolve().is_relative_to(final.resolve()):
+        if not (final / marker).is_file():
             raise FileExistsError(f"{final}: not an ssprompt export folder (no {marker}); refusing to replace it")
-        backup = final.with_name(f"{_prefix(final.name)}old")
-        os.replace(final, backup)
+        if Path.cwd().resolve().is_relative_to(final.resolve()):
+            raise FileExistsError(f"{final}: the current folder is inside it; refusing to replace it")
     try:
+        if final.exists():
+            backup = final.with_name(f"{_prefix(final.name)}old")
+            os.replace(final, backup)
         os.replace(tmp, final)
     except BaseException:
-        if backup is not None:
+        if backup is not None and backup.exists() and not final.exists():
             os.replace(backup, final)
         raise
     if backup is not None:

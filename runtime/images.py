@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "error_reason", "open_image", "read_image", "find_images"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "brief", "error_reason", "open_image", "read_image", "find_images"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -34,6 +34,12 @@ def error_reason(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def brief(value) -> str:
+    """A value as it may appear in a one-line message: its repr on one line, cut at 60 characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @contextmanager
 def open_image(path: str | Path, what: str = "image", load: bool = True) -> Iterator[Image.Image]:
     """`PIL.Image.open(path)`, its pixels loaded unless `load` is False (the header alone then);
@@ -42,11 +48,14 @@ def open_image(path: str | Path, what: str = "image", load: bool = True) -> Iter
     Pillow refuses images of more than twice `Image.MAX_IMAGE_PIXELS` (about 179 million
     pixels) as decompression bombs; that refusal is an ImageError too.
     """
+    im = None
     try:
         im = Image.open(path)
         if load:
             im.load()
     except Exception as err:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, struct.error, ...
+        if im is not None:
+            im.close()
         raise ImageError(f"{path}: cannot read {what} ({error_reason(err)})") from err
     try:
         yield im

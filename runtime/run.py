@@ -35,21 +35,21 @@ def unique_names(paths: list[Path]) -> list[str]:
 
     A/a.png, B/a.png, C/a_1.png -> a, a_2, a_1: no suffix ever lands on another input's own stem.
     """
-    taken: set[str] = set()
+    taken: set[str] = set()  # casefolded: names that differ by case alone collide on some filesystems
     names: list[str | None] = []
     for path in paths:
-        if path.stem in taken:
+        if path.stem.casefold() in taken:
             names.append(None)
         else:
-            taken.add(path.stem)
+            taken.add(path.stem.casefold())
             names.append(path.stem)
     for i, path in enumerate(paths):
         if names[i] is None:
             count = 1
-            while f"{path.stem}_{count}" in taken:
+            while f"{path.stem}_{count}".casefold() in taken:
                 count += 1
             names[i] = f"{path.stem}_{count}"
-            taken.add(names[i])
+            taken.add(names[i].casefold())
     return names
 
 
@@ -93,7 +93,7 @@ def segment_files(
     out = Path(out)
     records, skipped = [], []
     written: set[Path] = set()
-    with open_runner(model, backend, provider, batch=batch, cuda_graph=True) as runner:
+    with open_runner(model, backend, provider) as runner:
         for note in runner.notes:
             log(note)
         segmenter = Segmenter(runner)

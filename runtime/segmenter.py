@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import ModelError, Runner
+from .images import brief
 from .contract import INPUT, LABELS
 from .postprocess import restore_labels
 from .preprocess import letterbox
@@ -27,9 +28,9 @@ def check_metadata(runner: Runner) -> None:
         raise ModelError(f"{runner.path}: no ssprompt metadata ({', '.join(missing)}); export it with ssp-export")
     size, pad, names, palette = (meta[k] for k in _REQUIRED)
     if not isinstance(size, int) or size < 1:
-        raise ModelError(f"{runner.path}: metadata input_size {size!r} is not a positive integer")
+        raise ModelError(f"{runner.path}: metadata input_size {brief(size)} is not a positive integer")
     if not _colour(pad):
-        raise ModelError(f"{runner.path}: metadata pad_value {pad!r} is not three integers in 0..255")
+        raise ModelError(f"{runner.path}: metadata pad_value {brief(pad)} is not three integers in 0..255")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise ModelError(f"{runner.path}: metadata class_names is not a list of names")
     if not isinstance(palette, list) or len(palette) != len(names) or not all(_colour(c) for c in palette):

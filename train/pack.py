@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ssprompt.runtime.files import atomic_path
+from ssprompt.runtime.images import brief
 
 from .config import METHODS
 
@@ -107,19 +108,19 @@ def load_pack(path: str | Path) -> dict:
         raise PackError(f"{path}: not an ssprompt pack (no format {PACK_FORMAT!r})")
     if pack.get("format_version") not in _READABLE_VERSIONS:
         raise PackError(
-            f"{path}: pack format version {pack.get('format_version')!r}, this ssprompt reads versions "
+            f"{path}: pack format version {brief(pack.get('format_version'))}, this ssprompt reads versions "
             f"{', '.join(map(str, _READABLE_VERSIONS))}"
         )
     missing = [k for k in _REQUIRED if k not in pack]
     if missing:
         raise PackError(f"{path}: pack lacks {', '.join(missing)}")
+    _check_values(path, pack)
     for name in _TENSORS:
         if not isinstance(pack[name], torch.Tensor):
             raise PackError(f"{path}: {name} is not a tensor")
         if not pack[name].is_floating_point() or not bool(torch.isfinite(pack[name]).all()):
             raise PackError(f"{path}: {name} holds NaN, infinite or non-float values")
     _check_shapes(path, pack)
-    _check_values(path, pack)
     return pack
 
 
@@ -143,18 +144,21 @@ def load_tensors(path: Path, error: type[Exception], what: str):
 
 
 def _check_values(path: Path, pack: dict) -> None:
-    """Plain values: class names, palette colours in 0..255, void, the configs as dicts."""
-    if not all(isinstance(name, str) and name for name in pack["class_names"]):
-        raise PackError(f"{path}: class names must be non-empty strings")
-    for i, colour in enumerate(pack["palette"]):
-        if not (isinstance(colour, (list, tuple)) and len(colour) == 3
-                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)):
-            raise PackError(f"{path}: palette colour {i} is {colour!r}; a colour is three integers in 0..255")
-    if not isinstance(pack["void"], int) or not 0 <= pack["void"] <= 65535:
-        raise PackError(f"{path}: void must be an integer label value, got {pack['void']!r}")
+    """Plain values, before anything reads them: the configs as dicts, class names, palette colours in 0..255, void."""
     for name in ("backbones", "model_config", "train_config", "metrics"):
         if not isinstance(pack[name], dict):
             raise PackError(f"{path}: {name} must be a dict")
+    names = pack["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
+        raise PackError(f"{path}: class_names must be a list of non-empty strings")
+    if not isinstance(pack["palette"], list):
+        raise PackError(f"{path}: palette must be a list of colours")
+    for i, colour in enumerate(pack["palette"]):
+        if not (isinstance(colour, (list, tuple)) and len(colour) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)):
+            raise PackError(f"{path}: palette colour {i} is {brief(colour)}; a colour is three integers in 0..255")
+    if not isinstance(pack["void"], int) or not 0 <= pack["void"] <= 65535:
+        raise PackError(f"{path}: void must be an integer label value, got {brief(pack['void'])}")
 
 
 def check_pack_fits(pack: dict, source: str | Path, prompt_width: int, semantic_width: int) -> None:
@@ -191,7 +195,7 @@ def _check_shapes(path: Path, pack: dict) -> None:
             raise PackError(f"{path}: {name} has shape {tuple(pack[name].shape)}, expected {shape}")
     method = pack["model_config"].get("method", "ssprompt")
     if method not in METHODS:
-        raise PackError(f"{path}: unknown method {method!r} (this ssprompt knows {', '.join(METHODS)})")
+        raise PackError(f"{path}: unknown method {brief(method)} (this ssprompt knows {', '.join(METHODS)})")
     method_tensors = {"coop": {"coop.context": (None, None)}, "vspl": {"point_logits": (n, 2)}}  # None: any size
     for name, shape in method_tensors.get(method, {}).items():
         tensor = pack.get(name)

@@ -88,10 +88,16 @@ def test_fp16_export_passes_its_own_threshold_and_keeps_only_the_listed_ops_in_f
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     types.update({t.name: t.data_type for t in model.graph.initializer})
-    matmul_inputs = [types.get(i) for n in model.graph.node if n.op_type == "MatMul" for i in n.input]
-    assert matmul_inputs and all(t == onnx.TensorProto.FLOAT16 for t in matmul_inputs)
-    kept = [types.get(n.input[0]) for n in model.graph.node if n.op_type in KEEP_FP32]
-    assert kept and all(t == onnx.TensorProto.FLOAT for t in kept)
+    computing = {"MatMul", "Gemm", "Softmax", "LayerNormalization", "Div", "Erf", "Add", "Mul", "Resize", "ReduceSum"}
+    seen = set()
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    for node in model.graph.node:
+        if node.op_type in computing and types.get(node.input[0]) in floats:  # not the integer shape arithmetic
+            seen.add(node.op_type)
+            assert types.get(node.input[0]) == onnx.TensorProto.FLOAT16, node.name  # everything else computes in FP16
+        if node.op_type in KEEP_FP32:
+            assert types.get(node.input[0]) == onnx.TensorProto.FLOAT, node.name
+    assert {"MatMul", "Softmax", "LayerNormalization"} <= seen and any(n.op_type in KEEP_FP32 for n in model.graph.node)
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [
         onnx.TensorProto.INT32, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.INT32]
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ssprompt.runtime.cli import bench_command, run_command
-from ssprompt.runtime.files import TEMPORARY_PREFIX, atomic_path, is_temporary, remove_stale_temporaries
+from ssprompt.runtime.files import TEMPORARY_PREFIX, _host, atomic_path, is_temporary, remove_stale_temporaries
 from ssprompt.runtime.images import ImageError, find_images, read_image
 
 pytest.importorskip("onnxruntime")
@@ -99,9 +99,9 @@ with atomic_path({str(tmp_path / 'label.png')!r}) as tmp:
 def test_6_a_temporary_left_by_a_killed_run_is_never_input_and_is_cleaned(exported_onnx, good_image, tmp_path):
     out = tmp_path / "o"
     (out / "labels").mkdir(parents=True)
-    stale = out / "labels" / f"{TEMPORARY_PREFIX}999999999-x.png.abc.png"  # a pid that cannot be alive
+    stale = out / "labels" / f"{TEMPORARY_PREFIX}999999999@{_host()}-x.png.abc.png"  # a pid that cannot be alive
     stale.write_bytes(b"\x89PNG truncated")
-    alive = out / "labels" / f"{TEMPORARY_PREFIX}{os.getpid()}-y.png.abc.png"  # a writer still running
+    alive = out / "labels" / f"{TEMPORARY_PREFIX}{os.getpid()}@{_host()}-y.png.abc.png"  # a writer still running
     alive.write_bytes(b"\x89PNG in progress")
     shutil.copy(good_image, out / "labels" / "input.png")
     assert find_images([out]) == [out / "labels" / "input.png"]  # hidden temporaries are not inputs
@@ -170,13 +170,17 @@ def test_15_a_rerun_removes_the_earlier_runs_files_and_says_so(exported_onnx, sy
     assert [r["file"] for r in json.loads((out / "summary.json").read_text())["images"]] == [str(first)]
 
 
-def test_stale_temporaries_of_dead_writers_only(tmp_path):
-    (tmp_path / f"{TEMPORARY_PREFIX}999999999-a.png.x.png").write_text("")
-    (tmp_path / f"{TEMPORARY_PREFIX}999999999-model.abc").mkdir()
-    (tmp_path / f"{TEMPORARY_PREFIX}{os.getpid()}-b.png.x.png").write_text("")
-    (tmp_path / "keep.png").write_text("")
-    assert remove_stale_temporaries(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{TEMPORARY_PREFIX}{os.getpid()}-b.png.x.png", "keep.png"])
+def test_stale_temporaries_of_dead_writers_on_this_host_only(tmp_path):
+    here = _host()
+    dead = [f"{TEMPORARY_PREFIX}999999999@{here}-a.png.x.png", f"{TEMPORARY_PREFIX}99999999999999999999@{here}-b.png.x.png"]
+    kept = [f"{TEMPORARY_PREFIX}{os.getpid()}@{here}-c.png.x.png",  # this process: alive
+            f"{TEMPORARY_PREFIX}999999999@otherhost-d.png.x.png",  # another host's: not ours to judge
+            f"{TEMPORARY_PREFIX}\u00b2@{here}-e.png.x.png", "keep.png"]  # a name we never make
+    for name in dead + kept:
+        (tmp_path / name).write_text("")
+    (tmp_path / f"{TEMPORARY_PREFIX}999999999@{here}-model.abc").mkdir()
+    assert remove_stale_temporaries(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
 def test_a_corrupt_exif_block_is_an_image_error(good_image, tmp_path):

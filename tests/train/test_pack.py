@@ -71,3 +71,16 @@ def test_pack_of_an_unknown_method_is_refused(pack, tmp_path):
     save_pack(dict(pack, model_config=dict(pack["model_config"], method="magic")), tmp_path / "magic.pt")
     with pytest.raises(PackError, match=r"magic.pt: unknown method 'magic'"):
         load_pack(tmp_path / "magic.pt")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model_config", [], "model_config must be a dict"),
+    ("class_names", 3, "class_names must be a list of non-empty strings"),
+    ("class_names", "abcd", "class_names must be a list of non-empty strings"),
+    ("palette", 3, "palette must be a list of colours"),
+    ("void", "255", "void must be an integer label value"),
+])
+def test_plain_values_of_the_wrong_type_are_refused_before_use(pack, tmp_path, key, value, message):
+    save_pack(dict(pack, **{key: value}), tmp_path / "odd.pt")
+    with pytest.raises(PackError, match=f"odd.pt: {message}"):
+        load_pack(tmp_path / "odd.pt")
