@@ -4,10 +4,33 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
+import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Callable
+
+
+def run_in_worker(script: Path, args: list[str], result: Path) -> tuple[dict | None, str]:
+    """`python script *args` in a fresh process (so its peak memory is its own), its progress lines (those
+    that start with four spaces) echoed live; the worker writes its JSON result to `result`.
+
+    Returns:
+      (dict | None): the result, None when the worker failed.
+      (str): the worker's last error line, "" when it succeeded.
+    """
+    tail: deque[str] = deque(maxlen=30)
+    with subprocess.Popen([sys.executable, str(script), *args], stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stderr:
+            tail.append(line.rstrip())
+            if line.startswith("    "):
+                print(line.rstrip(), flush=True)
+    if process.returncode != 0:
+        print("\n".join(tail), file=sys.stderr, flush=True)
+        return None, next((line for line in reversed(tail) if line.strip()), f"exit status {process.returncode}").strip()
+    return json.loads(result.read_text()), ""
 
 
 def fullsize_parser(doc: str) -> argparse.ArgumentParser:
@@ -53,7 +76,9 @@ def gpu_description() -> str | None:
         driver = driver.decode() if isinstance(driver, bytes) else driver
     except Exception:  # noqa: BLE001 - no NVML: the driver version stays unknown
         pass
-    text = f"GPU: {torch.cuda.get_device_name()}, driver {driver}, CUDA {torch.version.cuda}"
+    from ssprompt.runtime.gpu import gpu_name
+
+    text = f"GPU: {gpu_name() or 'unknown'}, driver {driver}, CUDA {torch.version.cuda}"
     try:
         import onnxruntime
 

@@ -56,7 +56,6 @@ def main() -> None:
     from ssprompt.export.pipeline import calibration_images
     from ssprompt.train.pack import load_pack
     from ssprompt.train.pipeline import model_from_pack
-    from ssprompt.train.trainer import sam_pad_value
 
     args = parse_args()
     began = time.perf_counter()
@@ -72,7 +71,7 @@ def main() -> None:
         model, _ = model_from_pack(load_pack(pack), device="cpu")
         graph = ExportGraph(model).eval()
         fp32 = onnx.load(str(args.work / "fp32" / "model.onnx")) if reuse else export_onnx(graph)
-        images = calibration_images(model.image_size, sam_pad_value(model), None, args.images)
+        images = calibration_images(model.image_size, model.pad_value, None, args.images)
         reference = torch_outputs(graph.to(args.device), images)
         del graph
         op_types = {node.op_type for node in fp32.graph.node}

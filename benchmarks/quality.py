@@ -125,7 +125,8 @@ def main() -> None:
     lines = header(f"Few-shot mIoU on {args.data} ({args.sam} SAM + {args.clip} CLIP)") + [
         f"Shots from `{args.split}`, mIoU (%) on all of `{args.val_split}` (void {args.void} ignored), seeds {args.seeds}; "
         f"{args.prompts} spatial prompts, {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr}, "
-        f"labels at short side {args.short_side or 'as stored'}. Every method trains on the same k-shot draw.",
+        f"training labels at short side {args.short_side or 'as stored'}; scored as ssp-eval scores, on the exported "
+        f"graph's label maps at each label's own size. Every method trains on the same k-shot draw.",
         "",
     ]
     if args.sam == "tiny" or args.clip == "tiny":

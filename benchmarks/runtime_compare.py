@@ -27,11 +27,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_pack, run_in_worker, table_lines, write_plot  # noqa: E402
 
 ORT = "ssprompt graph (ONNX Runtime)"
 TRT = "ssprompt graph (TensorRT)"
@@ -126,7 +124,7 @@ class GpuPeak:
         return self.nvml.peak_mb
 
 
-Outputs = tuple  # (labels BxSxS int, confidence BxSxS float or None): what every pipeline returns
+Outputs = tuple  # (labels (B, S, S) int, confidence (B, S, S) float or None): what every pipeline returns
 
 
 def time_batches(call: Callable[[np.ndarray], Outputs], images: np.ndarray, spec: dict, gpu: GpuPeak) -> tuple[dict, dict]:
@@ -136,21 +134,20 @@ def time_batches(call: Callable[[np.ndarray], Outputs], images: np.ndarray, spec
       (dict): per batch (as a string): times_ms, host_peak_rss_mb, gpu_peak_mb.
       (dict): the outputs of each batch size's last timed call: labels as b<batch>, confidence as c<batch>.
     """
-    from ssprompt.runtime.bench import peak_rss_mb, reset_peak_rss
+    from ssprompt.runtime.bench import peak_rss_mb, reset_peak_rss, time_calls
 
     results, labels = {}, {}
     for batch in sorted(spec["batches"]):
         feed = images[:batch]
         reset_peak_rss()
         gpu.reset()
-        for _ in range(spec["warmup"]):
-            call(feed)
-        times = []
-        for _ in range(spec["iters"]):
-            began = time.perf_counter()
-            out = call(feed)
-            times.append((time.perf_counter() - began) * 1e3)
-            gpu.sample()
+        last: list = []
+
+        def timed() -> None:
+            last[:] = [call(feed)]  # only the last call's outputs are kept: they are compared with the reference
+
+        times, _ = time_calls(timed, spec["warmup"], spec["iters"], after_each=gpu.sample)
+        out = last[0]
         labels[f"b{batch}"] = np.asarray(out[0], dtype=np.int32)
         if out[1] is not None:
             labels[f"c{batch}"] = np.asarray(out[1], dtype=np.float32)
@@ -230,7 +227,8 @@ class Unfused:
         import torch
         import torch.nn.functional as F
 
-        from ssprompt.train.model import fuse_prompts, mask_class_logits, semantic_map
+        from ssprompt.train.model import mask_class_logits, semantic_map
+        from ssprompt.train.prompts import fuse_prompts
 
         model, sam = self.model, self.model.sam
         image_pe = sam.prompt_encoder.get_dense_pe()
@@ -240,7 +238,7 @@ class Unfused:
             points = model.grid_points[part]
             point_labels = torch.ones(points.shape[0], 1, device=points.device)
             sparse, dense = sam.prompt_encoder(points=(points[:, None, :], point_labels), boxes=None, masks=None)
-            sparse = fuse_prompts(model.learned_spatial[part], sparse, model.spatial_logit[part])  # SSPrompt's fusion
+            sparse = fuse_prompts(model.prompts.spatial_embedding[part], sparse, model.prompts.spatial_weight_logit[part])
             mask, iou = sam.mask_decoder(image_embeddings=embedding, image_pe=image_pe, sparse_prompt_embeddings=sparse,
                                          dense_prompt_embeddings=dense, multimask_output=False)
             masks.append(mask[:, 0])
@@ -351,14 +349,12 @@ def runtime_worker(spec: dict) -> dict:
         results.update(result)
         labels.update(label)
     np.savez(spec["labels"], **labels)
-    masks = runner.metadata.get("num_prompts")
+    masks = runner.metadata.num_prompts
     return {"backend": backend, "batches": results, "masks_per_image": masks, "flops_per_image": None}
 
 
 def torch_worker(spec: dict) -> dict:
     """Pipelines 2-4 in torch eager."""
-    import torch
-
     from ssprompt.runtime.bench import reset_peak_rss
 
     device, fp16 = spec["device"], spec["precision"] == "fp16"
@@ -380,7 +376,9 @@ def torch_worker(spec: dict) -> dict:
     if spec["kind"] == "amg":
         masks = float(np.mean(pipeline.kept))
     flops = count_flops(pipeline, images[0]) if spec["count_flops"] else None
-    backend = f"torch {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}"
+    from ssprompt.runtime.gpu import gpu_name
+
+    backend = f"torch {gpu_name() or 'GPU' if device == 'cuda' else 'CPU'}"
     return {"backend": backend, "batches": results, "masks_per_image": masks, "flops_per_image": flops}
 
 
@@ -437,20 +435,9 @@ def worker_main(spec_json: str) -> None:
 
 
 def run_worker(spec: dict, work: Path) -> tuple[dict | None, str]:
-    """Run one worker process; its stderr is echoed live. Returns (result, last error line)."""
-    spec = dict(spec, result=str(work / f"{spec['kind']}-{spec.get('precision', 'all')}.json"))
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    tail: deque[str] = deque(maxlen=30)
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
-        for line in process.stderr:
-            tail.append(line.rstrip())
-            if line.startswith("    "):  # the worker's own progress lines
-                print(line.rstrip(), flush=True)
-    if process.returncode != 0:
-        print("\n".join(tail), file=sys.stderr, flush=True)
-        reason = next((line for line in reversed(tail) if line.strip()), f"exit status {process.returncode}")
-        return None, reason.strip()
-    return json.loads(Path(spec["result"]).read_text()), ""
+    """One worker process for `spec`; returns (result, last error line)."""
+    result = work / f"{spec['kind']}-{spec.get('precision', 'all')}.json"
+    return run_in_worker(Path(__file__).resolve(), ["--worker", json.dumps(dict(spec, result=str(result)))], result)
 
 
 def model_for(row: RowSpec, spec: dict, onnx: dict[str, Path], work: Path) -> tuple[str | None, str]:
@@ -662,11 +649,11 @@ def write_images(onnx: Path, images_dir: Path | None, count: int, path: Path) ->
     import onnx as onnx_lib
 
     from ssprompt.export.pipeline import calibration_images
-    from ssprompt.runtime.contract import decode_metadata
+    from ssprompt.runtime.contract import GraphMetadata
 
     proto = onnx_lib.load(str(onnx), load_external_data=False)
-    meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
-    images = calibration_images(int(meta["input_size"]), tuple(meta["pad_value"]), images_dir, count)
+    meta = GraphMetadata.decode({p.key: p.value for p in proto.metadata_props})
+    images = calibration_images(meta.input_size, tuple(meta.pad_value), images_dir, count)
     np.save(path, images[np.arange(count) % len(images)])
 
 

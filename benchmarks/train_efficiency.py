@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, table_lines, write_plot  # noqa: E402
+from common import fullsize_parser, header, run_in_worker, table_lines, write_plot  # noqa: E402
 
 from ssprompt.runtime.files import write_text_atomic  # noqa: E402
 from ssprompt.train.config import ModelConfig  # noqa: E402
@@ -49,7 +49,8 @@ def parse_args():
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_efficiency_cpu.md"))
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one variant
+    parser.add_argument("--result", help=argparse.SUPPRESS)  # internal: where the worker writes its JSON
     return parser.parse_args()
 
 
@@ -60,7 +61,8 @@ def measure(args, variant: str) -> dict:
     from ssprompt.runtime.bench import peak_rss_mb, reset_peak_rss, rss_mb
     from ssprompt.train.backbones import load_backbones
     from ssprompt.train.model import SSPrompt
-    from ssprompt.train.trainer import Features, segmentation_loss
+    from ssprompt.train.features import Features
+    from ssprompt.train.loop import segmentation_loss
 
     _, method, in_loop = VARIANTS[variant]
     device = torch.device(args.device)
@@ -120,12 +122,13 @@ def measure(args, variant: str) -> dict:
     }
 
 
-def run_worker(variant: str, argv: list[str]) -> dict:
+def run_worker(variant: str, argv: list[str], work: Path) -> dict:
     """`measure` in a fresh process (its own peak memory); returns its JSON."""
-    done = subprocess.run([sys.executable, __file__, *argv, "--worker", variant], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result, error = run_in_worker(Path(__file__).resolve(), [*argv, "--worker", variant, "--result", str(work / f"{variant}.json")],
+                                  work / f"{variant}.json")
+    if result is None:
+        raise SystemExit(f"{variant} failed: {error}")
+    return result
 
 
 def ratio(value: float | None, reference: float | None) -> str:
@@ -143,7 +146,7 @@ def main() -> None:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     if args.worker:
-        print(json.dumps(measure(args, args.worker)))
+        Path(args.result).write_text(json.dumps(measure(args, args.worker)))
         return
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
@@ -152,11 +155,12 @@ def main() -> None:
 
     argv = [f"--{name}={getattr(args, name)}" for name in ("sam", "clip", "prompts", "classes", "batch", "warmup", "steps", "device")]
     rows = {}
-    for variant in variants:
-        began = time.perf_counter()
-        rows[variant] = run_worker(variant, argv)
-        print(f"{VARIANTS[variant][0]}: {rows[variant]['ms_per_image']:.0f} ms/image, peak RSS "
-              f"{rows[variant]['peak_rss_mb']:.0f} MB ({time.perf_counter() - began:.0f} s)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="train-efficiency-") as work:
+        for variant in variants:
+            began = time.perf_counter()
+            rows[variant] = run_worker(variant, argv, Path(work))
+            print(f"{VARIANTS[variant][0]}: {rows[variant]['ms_per_image']:.0f} ms/image, peak RSS "
+                  f"{rows[variant]['peak_rss_mb']:.0f} MB ({time.perf_counter() - began:.0f} s)", flush=True)
 
     gpu = args.device == "cuda"
     memory_key = "gpu_peak_mb" if gpu else "peak_rss_mb"

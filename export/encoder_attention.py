@@ -59,10 +59,10 @@ class EncoderAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
         Arguments:
-          x (torch.Tensor): BxhxwxC tokens.
+          x (torch.Tensor): (B, h, w, C) tokens.
 
         Returns:
-          (torch.Tensor): BxhxwxC.
+          (torch.Tensor): (B, h, w, C).
         """
         h, w = self.size
         batch = x.shape[0]  # reshaped with, as SAM does, so the exporter keeps the batch axis symbolic

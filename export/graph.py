@@ -12,6 +12,10 @@ Not for direct use: it exists to be traced by torch.onnx.export. Train and evalu
 - swaps SAM's hand-written LayerNorm2d for `F.layer_norm` over channels, which exports as
   one ONNX LayerNormalization node that TensorRT maps to a normalisation layer it can keep
   in FP32 (the hand-written mean/var/sqrt chain overflows in FP16).
+
+Shapes: B images, S the square input's side, N spatial prompts, T tokens a prompt, E SAM's prompt
+width, h x w SAM's embedding grid, M = 4h the mask side, C classes, D CLIP's joint width; (B, C, H, W)
+in LayerNorm2d is any channels-first map.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssprompt.runtime.contract import CLASS_IDS, CONFIDENCE, INPUT, IOU, LABELS, MASK_LOGITS, OUTPUTS
-from ssprompt.train.model import SSPrompt, mask_class_logits, semantic_map
+from ssprompt.train.model import SSPrompt, labels_from_semantic, mask_class_logits, semantic_map
 
 from .encoder_attention import swap_encoder_attention
 from .prompt_decoder import PromptDecoder
@@ -34,7 +38,7 @@ __all__ = ["ExportGraph", "ChannelLayerNorm", "LAYOUTS", "dummy_inputs", "output
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of a BxCxHxW map; numerically SAM's LayerNorm2d."""
+    """LayerNorm over the channels of a (B, C, H, W) map; numerically SAM's LayerNorm2d."""
 
     def __init__(self, source: nn.Module) -> None:
         super().__init__()
@@ -75,11 +79,11 @@ class SamLayoutDecoder(nn.Module):
 
     @property
     def sparse_prompts(self) -> torch.Tensor:
-        """NxTxE: the spatial prompts baked in."""
+        """(N, T, E): the spatial prompts baked in."""
         return self.spatial
 
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """BxExhxw image embeddings -> BxNx(4h)x(4w) mask logits, BxN IoU."""
+        """(B, E, h, w) image embeddings -> (B, N, M, M) mask logits, (B, N) IoU."""
         from ssprompt.train.decoder import decode_masks
 
         return decode_masks(self.decoder, image_embeddings, self.image_pe, self.spatial, self.dense)
@@ -114,18 +118,17 @@ class ExportGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """
         Arguments:
-          images (torch.Tensor): BxSxSx3 uint8, letterboxed RGB.
+          images (torch.Tensor): (B, S, S, 3) uint8, letterboxed RGB.
 
         Returns (in contract.OUTPUTS order):
-          labels BxSxS int32, confidence BxSxS float32, mask_logits BxNxMxM, iou BxN, class_ids BxN int32.
+          labels (B, S, S) int32, confidence (B, S, S) float32, mask_logits (B, N, M, M), iou (B, N),
+          class_ids (B, N) int32.
         """
         model = self.model
         sam_embeddings, clip_features = model.encode_images(images)
         masks, iou = self.decoder(sam_embeddings)
         class_logits = mask_class_logits(masks, clip_features, self.semantic, model.logit_scale)
-        semantic = semantic_map(masks, iou, class_logits)  # (B, C, M, M)
-        semantic = F.interpolate(semantic, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        confidence, labels = semantic.max(dim=1)  # (B, S, S)
+        labels, confidence = labels_from_semantic(semantic_map(masks, iou, class_logits), self.image_size)  # (B, S, S)
         class_ids = class_logits.argmax(dim=-1)
         return labels.to(torch.int32), confidence, masks, iou, class_ids.to(torch.int32)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ssprompt.runtime.contract import BATCH_AXIS, INPUT, OUTPUTS, encode_metadata
+from ssprompt.runtime.contract import BATCH_AXIS, INPUT, OUTPUTS, GraphMetadata
 
 from .graph import ExportGraph, dummy_inputs, output_shapes
 
@@ -86,7 +86,7 @@ def _copy(model: "onnx.ModelProto") -> "onnx.ModelProto":  # noqa: F821
     return copy
 
 
-def write_model(model: "onnx.ModelProto", path: str | Path, metadata: dict) -> Path:  # noqa: F821
+def write_model(model: "onnx.ModelProto", path: str | Path, metadata: GraphMetadata) -> Path:  # noqa: F821
     """Stamp metadata, write (external data past 1.8 GB), check with onnx.checker."""
     import onnx
 
@@ -95,7 +95,7 @@ def write_model(model: "onnx.ModelProto", path: str | Path, metadata: dict) -> P
     if external:  # saving with external data moves the weights out of the proto: keep the caller's whole
         model = _copy(model)
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, encode_metadata(metadata))
+    onnx.helper.set_model_props(model, metadata.encode())
     onnx.save_model(
         model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
         location=path.name + ".data" if external else None,

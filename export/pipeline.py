@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ssprompt.runtime.contract import GraphMetadata
 from ssprompt.runtime.files import atomic_folder, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
 from ssprompt.train.backbones import file_sha256
+from ssprompt.train.pack import Pack
 
 from .fp16 import KEEP_FP32, to_fp16
 from .onnx_export import export_onnx, write_model
@@ -42,30 +44,23 @@ class ExportResult:
     triton: list[Path]  # config.pbtxt files written
 
 
-def graph_metadata(model, pack: dict, pack_path: Path, precision: str) -> dict:
+def graph_metadata(model, pack: Pack, pack_path: Path, precision: str) -> GraphMetadata:
     """What the runtime needs to pre- and post-process, and what identifies the graph."""
     from ssprompt.train.pack import package_version
-    from ssprompt.train.trainer import sam_pad_value
 
-    return {
-        "class_names": list(pack["class_names"]),
-        "palette": pack["palette"],
-        "input_size": int(model.image_size),
-        "mask_size": int(model.mask_size),
-        "num_prompts": int(model.num_prompts),
-        "pad_value": list(sam_pad_value(model)),
-        "normalization": {
-            "sam_mean": model.sam.pixel_mean.flatten().tolist(),
-            "sam_std": model.sam.pixel_std.flatten().tolist(),
-            "clip_mean": (model.clip_mean.flatten() / 255).tolist(),
-            "clip_std": (model.clip_std.flatten() / 255).tolist(),
-            "clip_input_size": int(model.clip_input_size),
-        },
-        "pack_sha256": file_sha256(pack_path),
-        "backbones": pack["backbones"],
-        "precision": precision,
-        "ssprompt_version": package_version(),
-    }
+    return GraphMetadata(
+        class_names=list(pack.class_names),
+        palette=[list(c) for c in pack.palette],
+        input_size=int(model.image_size),
+        mask_size=int(model.mask_size),
+        num_prompts=int(model.num_prompts),
+        pad_value=list(model.pad_value),
+        normalization=model.normalization(),
+        pack_sha256=file_sha256(pack_path),
+        backbones=pack.backbones,
+        precision=precision,
+        ssprompt_version=package_version(),
+    )
 
 
 def calibration_images(image_size: int, pad_value, calib: Path | None, count: int = 4) -> np.ndarray:
@@ -121,7 +116,6 @@ def export_pack(
 ) -> ExportResult:
     from ssprompt.train.pack import load_pack
     from ssprompt.train.pipeline import model_from_pack
-    from ssprompt.train.trainer import sam_pad_value
 
     from .graph import ExportGraph
 
@@ -155,7 +149,7 @@ def export_pack(
             except ImportError:
                 raise ExportError("the parity gate needs onnxruntime: pip install 'ssprompt[ort]' (CPU) or 'ssprompt[gpu]' "
                                   "(NVIDIA), or pass --no-parity") from None
-            images = calibration_images(model.image_size, sam_pad_value(model), calib)
+            images = calibration_images(model.image_size, model.pad_value, calib)
             import torch
 
             try:
@@ -172,8 +166,9 @@ def export_pack(
         cache = timing_cache or out.with_name(out.name + ".timing.cache")
         if engine:
             if tensorrt_available():
-                facts = build_engine(onnx_path, tmp / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache, log)
-                write_sidecar(tmp / PLAN_FILE, metadata, facts, file_sha256(onnx_path))
+                facts = build_engine(onnx_path, tmp / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache,
+                                     file_sha256(onnx_path), log)
+                write_sidecar(tmp / PLAN_FILE, metadata, facts)
                 plan_path = out / PLAN_FILE
             else:
                 command = trtexec_command(out / MODEL_FILE, out / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache)
@@ -185,7 +180,7 @@ def export_pack(
         if triton:
             from .triton import write_triton_repository
 
-            name = "ssprompt_" + metadata["pack_sha256"][:8]
+            name = "ssprompt_" + metadata.pack_sha256[:8]
             triton_configs = write_triton_repository(
                 tmp / "triton", name, onnx_path, batch.max, tmp / PLAN_FILE if plan_path else None)
         onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))

@@ -15,7 +15,7 @@ arithmetic this module repeats (tests hold the two equal). What changes is the l
 - Prompts decode in groups of `chunk`, so only one group's per-prompt activations are alive.
 
 Shapes: B images, N prompts (n in one group), T tokens a prompt (SAM's output tokens, then
-the prompt's sparse tokens), P = h * w image tokens, E channels, I = E / downsample attention
+the prompt's Ts sparse tokens), P = h * w image tokens, E channels, I = E / downsample attention
 channels, H heads of D = I / H channels.
 """
 
@@ -53,9 +53,9 @@ class PromptDecoder(nn.Module):
         """
         Arguments:
           decoder (nn.Module): segment_anything MaskDecoder (two-layer TwoWayTransformer).
-          image_pe (torch.Tensor): 1xExhxw dense positional encoding.
-          dense_prompt (torch.Tensor): 1xExhxw dense prompt (SAM's no-mask embedding).
-          sparse (torch.Tensor): NxTsxE sparse prompt tokens, baked in as constants.
+          image_pe (torch.Tensor): (1, E, h, w) dense positional encoding.
+          dense_prompt (torch.Tensor): (1, E, h, w) dense prompt (SAM's no-mask embedding).
+          sparse (torch.Tensor): (N, Ts, E) sparse prompt tokens, baked in as constants.
           chunk (int): prompts decoded together.
         """
         super().__init__()
@@ -109,7 +109,7 @@ class PromptDecoder(nn.Module):
 
     @property
     def sparse_prompts(self) -> torch.Tensor:
-        """NxTsxE: the sparse prompt tokens baked in (the tokens after SAM's output tokens)."""
+        """(N, Ts, E): the sparse prompt tokens baked in (the tokens after SAM's output tokens)."""
         return self.tokens[:, self.output_tokens:]
 
     @staticmethod
@@ -134,11 +134,11 @@ class PromptDecoder(nn.Module):
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
-          image_embeddings (torch.Tensor): BxExhxw SAM image embeddings.
+          image_embeddings (torch.Tensor): (B, E, h, w) SAM image embeddings.
 
         Returns:
-          (torch.Tensor): BxNx(4h)x(4w) mask logits.
-          (torch.Tensor): BxN IoU estimates.
+          (torch.Tensor): (B, N, 4h, 4w) mask logits.
+          (torch.Tensor): (B, N) IoU estimates.
         """
         keys = image_embeddings.flatten(2).transpose(1, 2) + self.dense  # (B, P, E)
         k0, v0, q_image = (keys @ self.image0_weight + self.image0_bias).chunk(3, dim=-1)  # (B, P, I) each

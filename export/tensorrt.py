@@ -8,11 +8,12 @@ against the TensorRT 10 Python API documentation, and tests exercise it only whe
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ssprompt.runtime.contract import INPUT
+from ssprompt.runtime.contract import INPUT, EngineFacts, GraphMetadata
 from ssprompt.runtime.files import atomic_path
+from ssprompt.runtime.gpu import UNKNOWN_GPU, gpu_name
 
 __all__ = ["BatchRange", "tensorrt_available", "build_engine", "trtexec_command"]
 
@@ -70,8 +71,8 @@ def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: Ba
 
 
 def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
-                 workspace_mib: int, timing_cache: Path, log=print) -> dict:
-    """Build and write a serialized engine; returns the facts for the sidecar JSON.
+                 workspace_mib: int, timing_cache: Path, onnx_sha256: str, log=print) -> EngineFacts:
+    """Build and write a serialized engine; returns the facts for the sidecar.
 
     FP16: the ONNX graph is already FP16 with normalisations in FP32, so the network is
     created strongly typed and TensorRT follows the graph's types (the TensorRT 11 way,
@@ -105,21 +106,12 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
     plan_path.write_bytes(bytes(plan))
     with atomic_path(timing_cache) as tmp:  # shared between builds: never leave half a cache
         tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"tensorrt_version": trt.__version__, "gpu": _gpu_name(), "batch": [batch.min, batch.opt, batch.max]}
+    return EngineFacts(trt.__version__, gpu_name() or UNKNOWN_GPU, [batch.min, batch.opt, batch.max], onnx_sha256)
 
 
-def _gpu_name() -> str:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return "unknown"
-    err, prop = cudart.cudaGetDeviceProperties(0)
-    if err != cudart.cudaError_t.cudaSuccess:
-        return "unknown"
-    return prop.name.decode(errors="replace").rstrip("\x00")
-
-
-def write_sidecar(plan_path: Path, metadata: dict, engine_facts: dict, onnx_sha256: str) -> Path:
+def write_sidecar(plan_path: Path, metadata: GraphMetadata, facts: EngineFacts) -> Path:
+    """The engine's metadata (the graph's, and what it was built with) as JSON beside it, in the contract's form."""
     sidecar = plan_path.with_suffix(plan_path.suffix + ".json")
-    sidecar.write_text(json.dumps({**metadata, **engine_facts, "onnx_sha256": onnx_sha256}, indent=2))
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(replace(metadata, engine=facts).encode(), indent=2))
     return sidecar

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import BATCH_AXIS, decode_metadata
+from .contract import BATCH_AXIS, EngineFacts, GraphMetadata, MetadataError
+from .gpu import UNKNOWN_GPU, gpu_name
 from .images import error_reason
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "OnnxRuntimeRunner",
     "TensorRTRunner",
     "open_runner",
+    "BACKENDS",
     "check_sidecar",
     "tensorrt_libraries_load",
     "ENGINE_SUFFIXES",
@@ -80,7 +82,7 @@ class Runner:
         self.path = Path(path)
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
-        self.metadata: dict = {}
+        self.metadata: GraphMetadata | None = None  # None for a model that carries none of ours
         self.device = "cpu"  # what actually runs the model, in words
         self.notes: list[str] = []  # one line each: a provider that was asked for but did not run, and why
 
@@ -246,8 +248,8 @@ class OnnxRuntimeRunner(Runner):
             self.cuda_graph = False  # fixed device buffers need every output's size; an older export declares names
             self.notes.append("CUDA graph off: the model does not declare static output shapes (export it again)")
         try:
-            self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
-        except ValueError as err:
+            self.metadata = GraphMetadata.decode(self.session.get_modelmeta().custom_metadata_map)
+        except MetadataError as err:
             raise ModelError(f"{self.path}: {err}") from None
 
     def _fixed(self, shape) -> tuple:
@@ -342,13 +344,13 @@ class OnnxRuntimeRunner(Runner):
 # --------------------------------------------------------------------------- TensorRT
 
 
-def check_sidecar(plan: Path, sidecar: dict, tensorrt_version: str, gpu_name: str) -> None:
+def check_sidecar(plan: Path, facts: EngineFacts, tensorrt_version: str, gpu: str | None) -> None:
     """Refuse an engine built with another TensorRT version or on another GPU."""
-    built_version, built_gpu = sidecar.get("tensorrt_version"), sidecar.get("gpu")
-    if built_version != tensorrt_version or built_gpu != gpu_name:
+    gpu = gpu or UNKNOWN_GPU
+    if facts.tensorrt_version != tensorrt_version or facts.gpu != gpu:
         raise ModelError(
-            f"{plan}: built with TensorRT {built_version} on {built_gpu}, this is TensorRT {tensorrt_version} on "
-            f"{gpu_name}; rebuild it here with ssp-export --engine (or the trtexec line in build_engine.sh)"
+            f"{plan}: built with TensorRT {facts.tensorrt_version} on {facts.gpu}, this is TensorRT {tensorrt_version} on "
+            f"{gpu}; rebuild it here with ssp-export --engine (or the trtexec line in build_engine.sh)"
         )
 
 
@@ -377,12 +379,14 @@ class TensorRTRunner(Runner):
             raise ModelError(f"{sidecar_path}: missing; the engine's metadata comes from this file written by ssp-export")
         try:
             sidecar = json.loads(sidecar_path.read_text())
-        except (OSError, ValueError) as err:
+            meta = GraphMetadata.decode(sidecar) if isinstance(sidecar, dict) else None
+        except (OSError, ValueError) as err:  # MetadataError is a ValueError
             raise ModelError(f"{sidecar_path}: not a readable sidecar ({error_reason(err)})") from None
-        if not isinstance(sidecar, dict):
-            raise ModelError(f"{sidecar_path}: not a readable sidecar (not a JSON object)")
-        check_sidecar(self.path, sidecar, trt.__version__, cuda.device_name())
-        self.metadata = dict(sidecar)
+        if meta is None or meta.engine is None:
+            raise ModelError(f"{sidecar_path}: not an ssprompt engine sidecar of this version (no engine facts); "
+                             "rebuild it with ssp-export --engine")
+        check_sidecar(self.path, meta.engine, trt.__version__, gpu_name())
+        self.metadata = meta
 
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -391,7 +395,7 @@ class TensorRTRunner(Runner):
             raise ModelError(f"{self.path}: TensorRT cannot deserialize it (corrupt, or another TensorRT version)")
         self.context = self.engine.create_execution_context()
         self.stream = cuda.Stream()
-        self.device = cuda.device_name()
+        self.device = gpu_name() or "GPU"
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -455,8 +459,14 @@ def open_runner(path: str | Path, backend: str = "auto", provider: str = "auto",
     path = Path(path)
     if backend == "auto":
         backend = "tensorrt" if path.suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
-    if backend == "tensorrt":
-        return TensorRTRunner(path)
-    if backend == "onnxruntime":
-        return OnnxRuntimeRunner(path, provider, batch, cuda_graph)
-    raise ValueError(f"--backend {backend!r}: choose auto, tensorrt or onnxruntime")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+    return BACKENDS[backend](path, provider, batch, cuda_graph)
+
+
+# A new backend plugs in here: name -> builder(path, provider, batch, cuda_graph) of a Runner
+# (activate / infer / deactivate); ssp-run and ssp-bench offer every name as --backend.
+BACKENDS = {
+    "tensorrt": lambda path, provider, batch, cuda_graph: TensorRTRunner(path),
+    "onnxruntime": OnnxRuntimeRunner,
+}

@@ -16,7 +16,7 @@ from .backends import Runner
 from .contract import INPUT, LABELS
 from .segmenter import check_metadata
 
-__all__ = ["BenchRow", "GpuMemory", "benchmark", "environment", "markdown_table", "plot_latency", "peak_rss_mb", "rss_mb", "reset_peak_rss"]
+__all__ = ["BenchRow", "GpuMemory", "benchmark", "time_calls", "environment", "markdown_table", "plot_latency", "peak_rss_mb", "rss_mb", "reset_peak_rss"]
 
 
 @dataclass
@@ -109,14 +109,41 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def time_calls(call: Callable[[], object], warmup: int, iters: int, gpu_ms: Callable[[], float | None] | None = None,
+               after_each: Callable[[], None] | None = None, desc: str | None = None) -> tuple[list[float], str]:
+    """The one timing loop of ssp-bench and the benchmarks: `iters` calls of `call` after `warmup` untimed ones.
+
+    A call's time is the GPU time `gpu_ms()` reports for it (CUDA events: the TensorRT runner),
+    else the host's wall time around it (a call returns its outputs on the host, so it has
+    finished on the device too). `after_each` runs after every timed call, outside the timing.
+
+    Returns:
+      (list[float]): ms per call.
+      (str): "cuda-events" or "wall".
+    """
+    for _ in range(warmup):
+        call()
+    times, timing = [], "wall"
+    for _ in tqdm(range(iters), desc=desc, disable=desc is None):
+        began = time.perf_counter()
+        call()
+        wall_ms = (time.perf_counter() - began) * 1e3
+        event_ms = gpu_ms() if gpu_ms is not None else None
+        times.append(event_ms if event_ms is not None else wall_ms)
+        timing = "cuda-events" if event_ms is not None else "wall"
+        if after_each is not None:
+            after_each()
+    return times, timing
+
+
 def benchmark(open_batch: Callable[[int], Runner], batches: list[int], warmup: int = 3, iters: int = 20,
               outputs: tuple[str, ...] | None = (LABELS,), progress: bool = True, log=None) -> tuple[list[BenchRow], Runner]:
     """Time `iters` calls per batch size on random letterboxed-size uint8 input, after `warmup` calls.
 
-    Each batch size gets its own runner from `open_batch(batch)` (ONNX Runtime fixes the batch axis
-    per session), activated before the warm-up and deactivated after; GPU memory is this process's
-    peak while that runner lived. A call copies `outputs` (None: all) back to the host; ssp-run needs labels.
-    `log` gets each distinct provider-fallback note once.
+    Each batch size gets its own runner from `open_batch(batch)`, activated before the warm-up and
+    deactivated after; GPU memory is this process's peak while that runner lived. A call copies
+    `outputs` (None: all) back to the host; ssp-run needs labels. `log` gets each distinct
+    provider-fallback note once.
 
     Returns:
       (list[BenchRow]): one row per batch size.
@@ -130,24 +157,16 @@ def benchmark(open_batch: Callable[[int], Runner], batches: list[int], warmup: i
         gpu = GpuMemory()
         reset_peak_rss()
         with open_batch(batch) as runner:
-            check_metadata(runner)
-            size = int(runner.metadata["input_size"])
+            size = check_metadata(runner).input_size
             feed = {INPUT: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)}
-            for _ in range(warmup):
-                runner.infer(feed, outputs and list(outputs))
+            wanted = outputs and list(outputs)
+            times, timing = time_calls(lambda: runner.infer(feed, wanted), warmup, iters,
+                                       gpu_ms=lambda: getattr(runner, "last_gpu_ms", None), after_each=gpu.sample,
+                                       desc=f"batch {batch}" if progress else None)
             for note in runner.notes:  # provider fallbacks, and a CUDA graph that could not be captured
                 if note not in told and log is not None:
                     log(note)
                 told.add(note)
-            gpu.sample()
-            times = []
-            for _ in tqdm(range(iters), desc=f"batch {batch}", disable=not progress):
-                began = time.perf_counter()
-                runner.infer(feed, outputs and list(outputs))
-                wall_ms = (time.perf_counter() - began) * 1e3
-                gpu_ms = getattr(runner, "last_gpu_ms", None)
-                times.append(gpu_ms if gpu_ms is not None else wall_ms)
-            gpu.sample()
         times_arr = np.asarray(times)
         rows.append(BenchRow(
             batch=batch,
@@ -157,7 +176,7 @@ def benchmark(open_batch: Callable[[int], Runner], batches: list[int], warmup: i
             images_per_s=batch / (float(times_arr.mean()) / 1e3),
             host_peak_rss_mb=peak_rss_mb(),
             gpu_peak_mb=gpu.peak_mb,
-            timing="cuda-events" if getattr(runner, "last_gpu_ms", None) is not None else "wall",
+            timing=timing,
             gpu_memory_scope=gpu.scope,
         ))
     return rows, runner
@@ -170,9 +189,9 @@ def environment(runner: Runner) -> dict:
         "backend": runner.backend,
         "device": runner.device,
         "cuda graph": getattr(runner, "cuda_graph", False),
-        "precision": runner.metadata.get("precision", "unknown"),
-        "input_size": runner.metadata.get("input_size"),
-        "prompts": runner.metadata.get("num_prompts"),
+        "precision": runner.metadata.precision if runner.metadata else "unknown",
+        "input_size": runner.metadata.input_size if runner.metadata else None,
+        "prompts": runner.metadata.num_prompts if runner.metadata else None,
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import click
 
+from .backends import BACKENDS
 from .contract import LABELS
 
 __all__ = ["run_command", "bench_command"]
 
-_backend = click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
+_backend = click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
                         help="auto: TensorRT for .plan/.engine, ONNX Runtime for .onnx.")
 _cuda_graph = click.option("--cuda-graph/--no-cuda-graph", default=False, show_default=True,
                            help="On ONNX Runtime's CUDA provider: one session per batch size, each call replayed as a "

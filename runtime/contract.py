@@ -1,19 +1,25 @@
-"""The exported graph's contract: I/O names, dtypes and metadata keys, in one place.
+"""The exported graph's contract: I/O names and dtypes, and its metadata as one typed structure.
 
-Export writes graphs to this contract and the runtime reads them by it; neither repeats
-these names as literals.
+Export writes graphs and engine sidecars to this contract and the runtime reads them by it;
+nothing else spells an I/O name or a metadata key. Metadata travels as ONNX `metadata_props`
+(and as the sidecar JSON of a TensorRT engine): one `ssprompt.<field>` entry a field, its value
+JSON-encoded.
+
+Shapes: B images, S the side of the square input, N spatial prompts, M = S / 4 the mask side.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, fields
 
-__all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "METADATA_PREFIX", "decode_metadata", "encode_metadata"]
+__all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "METADATA_PREFIX",
+           "Normalization", "GraphMetadata", "EngineFacts", "MetadataError"]
 
 INPUT = "images"  # (B, S, S, 3) uint8, letterboxed RGB
 LABELS = "labels"  # (B, S, S) int32 class index per pixel of the square input
 CONFIDENCE = "confidence"  # (B, S, S) float32 probability of that class
-MASK_LOGITS = "mask_logits"  # (B, N, M, M) float32 per-prompt mask logits (M = S / 4)
+MASK_LOGITS = "mask_logits"  # (B, N, M, M) float32 per-prompt mask logits
 IOU = "iou"  # (B, N) float32 per-prompt IoU estimates
 CLASS_IDS = "class_ids"  # (B, N) int32 per-prompt class
 OUTPUTS = (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS)
@@ -22,22 +28,131 @@ BATCH_AXIS = "batch"  # the one dynamic axis (axis 0 of every input and output);
 METADATA_PREFIX = "ssprompt."
 
 
-def encode_metadata(values: dict) -> dict[str, str]:
-    """Plain values → ONNX metadata_props strings (JSON), under the ssprompt. prefix."""
-    return {METADATA_PREFIX + key: json.dumps(value) for key, value in values.items()}
+class MetadataError(ValueError):
+    """Metadata that is missing, not JSON or of the wrong type; the message names the field."""
 
 
-def decode_metadata(props: dict[str, str]) -> dict:
-    """ONNX metadata_props (or a sidecar's dict) → plain values, prefix removed.
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
-    Raises:
-      ValueError: a value under the prefix that is not JSON (naming its key).
-    """
-    values = {}
-    for key, value in props.items():
-        if key.startswith(METADATA_PREFIX):
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _colour(value) -> bool:
+    return (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value))
+
+
+@dataclass(frozen=True)
+class Normalization:
+    sam_mean: list[float]  # SAM's pixel mean, 0..255, RGB
+    sam_std: list[float]  # SAM's pixel std, 0..255
+    clip_mean: list[float]  # CLIP's mean, 0..1
+    clip_std: list[float]  # CLIP's std, 0..1
+    clip_input_size: int  # side CLIP sees (the square input resized)
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What a TensorRT engine was built with and for (its sidecar only)."""
+
+    tensorrt_version: str
+    gpu: str  # GPU name the engine was built on
+    batch: list[int]  # the optimisation profile: min, opt, max
+    onnx_sha256: str  # the graph it was built from
+
+
+@dataclass(frozen=True)
+class GraphMetadata:
+    """Everything the runtime needs to pre- and post-process, and what identifies the graph."""
+
+    class_names: list[str]  # index order of the labels
+    palette: list[list[int]]  # one RGB colour a class, 0..255
+    input_size: int  # S
+    mask_size: int  # M
+    num_prompts: int  # N
+    pad_value: list[int]  # letterbox padding, RGB 0..255
+    normalization: Normalization
+    pack_sha256: str
+    backbones: dict  # SAM and CLIP names, checkpoints and sha256
+    precision: str  # fp32 or fp16
+    ssprompt_version: str
+    engine: EngineFacts | None = field(default=None)  # engine sidecars only
+
+    def encode(self) -> dict[str, str]:
+        """metadata_props strings: one JSON value a field, under the prefix; no entry for an absent engine."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name in ("normalization", "engine"):
+                value = {k.name: getattr(value, k.name) for k in fields(value)}
+            out[METADATA_PREFIX + f.name] = json.dumps(value)
+        return out
+
+    @classmethod
+    def decode(cls, props: dict[str, str]) -> "GraphMetadata | None":
+        """The metadata of `props` (ONNX metadata_props or a sidecar), None where it holds none of ours.
+
+        Raises:
+          MetadataError: a field that is missing, not JSON, or of the wrong type (the message names it).
+        """
+        ours = {key[len(METADATA_PREFIX):]: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
+        if not ours:
+            return None
+        values = {}
+        for name, text in ours.items():
             try:
-                values[key[len(METADATA_PREFIX):]] = json.loads(value)
+                values[name] = json.loads(text)
             except (TypeError, ValueError):
-                raise ValueError(f"metadata {key} is not JSON") from None
-    return values
+                raise MetadataError(f"metadata {METADATA_PREFIX}{name} is not JSON") from None
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "engine"]
+        if missing:
+            raise MetadataError(f"no ssprompt metadata ({', '.join(missing)}); export it with ssp-export")
+        for name, kind in (("normalization", Normalization), ("engine", EngineFacts)):
+            if values.get(name) is None and name == "engine":
+                continue
+            if not isinstance(values[name], dict):
+                raise MetadataError(f"metadata {name} is not an object")
+            try:
+                values[name] = kind(**values[name])
+            except TypeError:
+                raise MetadataError(f"metadata {name} has other fields than this ssprompt reads") from None
+        meta = cls(**{f.name: values.get(f.name) for f in fields(cls)})
+        meta._check()
+        return meta
+
+    def _check(self) -> None:
+        names, palette = self.class_names, self.palette
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise MetadataError("metadata class_names is not a list of names")
+        if not isinstance(palette, list) or len(palette) != len(names) or not all(_colour(c) for c in palette):
+            raise MetadataError(f"metadata palette needs {len(names)} colours of three integers in 0..255")
+        for name in ("input_size", "mask_size", "num_prompts"):
+            if not _positive_int(getattr(self, name)):
+                raise MetadataError(f"metadata {name} is not a positive integer")
+        if not _colour(self.pad_value):
+            raise MetadataError("metadata pad_value is not three integers in 0..255")
+        if self.precision not in ("fp32", "fp16"):
+            raise MetadataError("metadata precision is neither fp32 nor fp16")
+        for name in ("pack_sha256", "ssprompt_version"):
+            if not isinstance(getattr(self, name), str):
+                raise MetadataError(f"metadata {name} is not a string")
+        if not isinstance(self.backbones, dict):
+            raise MetadataError("metadata backbones is not an object")
+        norm = self.normalization
+        for name in ("sam_mean", "sam_std", "clip_mean", "clip_std"):
+            value = getattr(norm, name)
+            if not (isinstance(value, list) and len(value) == 3 and all(_number(v) for v in value)):
+                raise MetadataError(f"metadata normalization.{name} is not three numbers")
+        if not _positive_int(norm.clip_input_size):
+            raise MetadataError("metadata normalization.clip_input_size is not a positive integer")
+        engine = self.engine
+        if engine is not None:
+            if not all(isinstance(getattr(engine, n), str) for n in ("tensorrt_version", "gpu", "onnx_sha256")):
+                raise MetadataError("metadata engine: tensorrt_version, gpu and onnx_sha256 must be strings")
+            if not (isinstance(engine.batch, list) and len(engine.batch) == 3 and all(_positive_int(b) for b in engine.batch)):
+                raise MetadataError("metadata engine.batch is not three positive integers (min, opt, max)")

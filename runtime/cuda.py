@@ -11,7 +11,7 @@ import ctypes
 import numpy as np
 from cuda.bindings import runtime as cudart
 
-__all__ = ["DeviceBuffer", "PinnedBuffer", "Stream", "EventTimer", "device_name", "memory_in_use"]
+__all__ = ["DeviceBuffer", "PinnedBuffer", "Stream", "EventTimer", "memory_in_use"]
 
 
 def _call(result):
@@ -20,11 +20,6 @@ def _call(result):
         _, text = cudart.cudaGetErrorString(err)
         raise RuntimeError(f"CUDA error {err}: {text.decode(errors='replace') if isinstance(text, bytes) else text}")
     return values[0] if len(values) == 1 else values or None
-
-
-def device_name(device: int = 0) -> str:
-    props = _call(cudart.cudaGetDeviceProperties(device))
-    return props.name.decode(errors="replace").rstrip("\x00")
 
 
 def memory_in_use() -> int:

@@ -2,6 +2,8 @@
 
 Every image and label the project reads is opened through `open_image`, the one place that
 turns whatever a decoder raises on a bad file into an `ImageError` naming the file.
+
+Shapes: H x W an image.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def read_image(path: str | Path) -> np.ndarray:
     scaled to 0..255 by their bit depth.
 
     Returns:
-      (np.ndarray): HxWx3 uint8 RGB, H and W after EXIF rotation.
+      (np.ndarray): (H, W, 3) uint8 RGB, H and W after EXIF rotation.
 
     Raises:
       ImageError: the file cannot be read or decoded.

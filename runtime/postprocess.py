@@ -1,4 +1,7 @@
-"""Post-processing of graph outputs on the host: crop the padding, restore the size, colour overlays."""
+"""Post-processing of graph outputs on the host: crop the padding, restore the size, colour overlays.
+
+Shapes: H x W an image, h x w its letterboxed extent, S the square input's side.
+"""
 
 from __future__ import annotations
 
@@ -35,23 +38,23 @@ def restore_labels(labels: np.ndarray, placement: Letterbox) -> np.ndarray:
     """Labels over the square model input → labels over the original image.
 
     Arguments:
-      labels (np.ndarray): SxS class indices of the letterboxed input.
+      labels (np.ndarray): (S, S) class indices of the letterboxed input.
       placement (Letterbox): where the image sat in the square.
 
     Returns:
-      (np.ndarray): HxW class indices at the original image's size (nearest).
+      (np.ndarray): (H, W) class indices at the original image's size (nearest).
     """
     cropped = labels[: placement.height, : placement.width]  # drop the padding
     return resize_label(cropped, (placement.source_height, placement.source_width))
 
 
 def colorize(labels: np.ndarray, palette: list[list[int]]) -> np.ndarray:
-    """HxW class indices → HxWx3 uint8 colours."""
+    """(H, W) class indices → (H, W, 3) uint8 colours."""
     table = np.asarray(palette, dtype=np.uint8)
     return table[np.clip(labels, 0, len(table) - 1)]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
-    """Blend the label colours over an HxWx3 uint8 image."""
+    """Blend the label colours over an (H, W, 3) uint8 image."""
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, palette).astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

@@ -1,4 +1,7 @@
-"""Host-side pre- and post-processing shared by training, export and the runtime (numpy + Pillow)."""
+"""Host-side pre- and post-processing shared by training, export and the runtime (numpy + Pillow).
+
+Shapes: H x W an image, S the square input's side.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def letterbox(image: np.ndarray, size: int, pad_value: tuple[int, int, int] = (0
     """Scale an RGB image so its long side is `size` and pad it to a square (bottom and right).
 
     Arguments:
-      image (np.ndarray): HxWx3 uint8 RGB.
+      image (np.ndarray): (H, W, 3) uint8 RGB.
       size (int): side of the square output.
       pad_value (tuple): RGB of the padding; ssprompt graphs record theirs in the metadata.
 
@@ -45,7 +48,7 @@ def letterbox(image: np.ndarray, size: int, pad_value: tuple[int, int, int] = (0
       (Letterbox): the placement, to crop outputs back.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"letterbox expects an HxWx3 uint8 image, got {image.shape} {image.dtype}")
+        raise ValueError(f"letterbox expects an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     height, width = image.shape[:2]
     new_h, new_w = resized_extent(height, width, size)
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))

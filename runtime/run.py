@@ -131,7 +131,7 @@ def segment_files(
             bar.update(len(chunk))
         bar.close()
         summary = {"model": str(model), "backend": runner.backend, "device": runner.device,
-                   "precision": runner.metadata.get("precision"), "images": records, "skipped": skipped}
+                   "precision": segmenter.runner.metadata.precision, "images": records, "skipped": skipped}
     if not records:
         raise ImageError(f"none of the {len(paths)} input images could be segmented ({len(skipped)} unreadable); nothing written")
     stale = sorted(earlier - written)

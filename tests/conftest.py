@@ -24,7 +24,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, synthetic_root):
     """The demo's training settings on the synthetic data: (summary, pack path, cache dir)."""
-    from ssprompt.train.cli import DEMO_SETTINGS
+    from ssprompt.train.demo import DEMO_SETTINGS
     from ssprompt.train.config import ModelConfig, TrainConfig
     from ssprompt.train.pipeline import train_pack
 

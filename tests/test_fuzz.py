@@ -66,30 +66,36 @@ def _check(call: Callable[[], object], allowed: tuple[type[Exception], ...], pat
 # --------------------------------------------------------------------------- packs
 
 
-def _pack_values(pack: dict, rng: np.random.Generator) -> Iterator[dict]:
-    """Structural damage a file-level mutation rarely reaches: wrong types, shapes, values."""
-    tensor_keys = [k for k, v in pack.items() if isinstance(v, torch.Tensor)]
+def _pack_values(pack, rng: np.random.Generator) -> Iterator[dict]:
+    """Structural damage a file-level mutation rarely reaches: wrong types, shapes, values (the file's dict)."""
+    from dataclasses import fields
+
+    from ssprompt.train.pack import PACK_FORMAT, PACK_FORMAT_VERSION
+
+    raw = {"format": PACK_FORMAT, "format_version": PACK_FORMAT_VERSION, **{f.name: getattr(pack, f.name) for f in fields(pack)}}
+    tensors = [(None, k) for k, v in raw.items() if isinstance(v, torch.Tensor)] + [("learned", k) for k in pack.learned]
     junk = [None, "text", 3, 2.5, [], {}, [1, 2], torch.zeros(0), torch.zeros(3, 3), float("nan")]
     for _ in range(60):
-        bad = dict(pack)
+        bad = dict(raw, learned=dict(pack.learned))
         kind = rng.integers(6)
-        key = str(rng.choice(list(pack)))
+        key = str(rng.choice(list(raw)))
         if kind == 0:
             bad.pop(key)
         elif kind == 1:
             bad[key] = junk[int(rng.integers(len(junk)))]
-        elif kind == 2:
-            name = str(rng.choice(tensor_keys))
-            t = pack[name].clone()
-            t.view(-1)[int(rng.integers(t.numel()))] = float(rng.choice([np.nan, np.inf, -np.inf, 1e38]))
-            bad[name] = t
-        elif kind == 3:
-            name = str(rng.choice(tensor_keys))
-            bad[name] = pack[name][..., : max(1, pack[name].shape[-1] // 2)].contiguous()
+        elif kind in (2, 3):
+            where, name = tensors[int(rng.integers(len(tensors)))]
+            holder = bad["learned"] if where else bad
+            t = holder[name].clone()
+            if kind == 2:
+                t.view(-1)[int(rng.integers(t.numel()))] = float(rng.choice([np.nan, np.inf, -np.inf, 1e38]))
+            else:
+                t = t[..., : max(1, t.shape[-1] // 2)].contiguous()
+            holder[name] = t
         elif kind == 4:
-            bad["palette"] = [[int(v) for v in rng.integers(-300, 600, 3)] for _ in pack["palette"]]
+            bad["palette"] = [[int(v) for v in rng.integers(-300, 600, 3)] for _ in pack.palette]
         else:
-            bad["class_names"] = list(pack["class_names"][:-1]) if rng.integers(2) else [""] * len(pack["class_names"])
+            bad["class_names"] = list(pack.class_names[:-1]) if rng.integers(2) else [""] * len(pack.class_names)
         yield bad
 
 
@@ -187,8 +193,7 @@ for line in sys.stdin:
     path = Path(line.strip())
     try:
         with open_runner(path) as runner:
-            check_metadata(runner)
-            size = runner.metadata["input_size"]
+            size = check_metadata(runner).input_size
             labels = runner.infer({INPUT: np.zeros((1, size, size, 3), np.uint8)}, [LABELS])[LABELS]
             result = {"ok": list(labels.shape)}
     except (ModelError, ValueError) as err:

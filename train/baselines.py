@@ -1,15 +1,8 @@
-"""The methods SSPrompt is compared with, as other sources of prompts for the same frozen SAM + CLIP.
+"""The machinery of the baselines' prompt sources (prompts.py): SAM's point embedding, and CoOp's
+context through CLIP's text tower.
 
-Every method feeds SAM's decoder NxTxE spatial prompts and the mask classifier CxD semantic
-prompts; they differ only in where those come from and what learns:
-
-- ``ssprompt``: learnable embeddings fused with the defaults by learnable weights (model.py).
-- ``zero-shot``: the defaults, unchanged: SAM's prompt-encoder output for the grid points
-  and CLIP's class-name embeddings averaged over the 80 ImageNet templates. Nothing learns.
-- ``coop``: CoOp. M learnable context vectors stand before each class name's tokens and run
-  through CLIP's frozen text tower, with gradients, at every step. Spatial prompts: defaults.
-- ``vspl``: the 2-D point coordinates learn, through SAM's frozen prompt encoder.
-  Semantic prompts: defaults.
+Shapes: N prompts, T tokens a prompt, E SAM's prompt width, C classes, L CLIP's text length,
+W CLIP's text width, M context vectors, D CLIP's joint embedding width.
 """
 
 from __future__ import annotations
@@ -31,10 +24,10 @@ def embed_points(prompt_encoder: nn.Module, points: torch.Tensor) -> torch.Tenso
 
     Arguments:
       prompt_encoder (nn.Module): segment_anything PromptEncoder.
-      points (torch.Tensor): Nx2 (x, y) pixel coordinates on the square model input.
+      points (torch.Tensor): (N, 2) (x, y) pixel coordinates on the square model input.
 
     Returns:
-      (torch.Tensor): NxTxE, T = 2 (the point and SAM's padding token).
+      (torch.Tensor): (N, T, E), T = 2 (the point and SAM's padding token).
     """
     labels = torch.ones(points.shape[0], 1, device=points.device)
     sparse, _ = prompt_encoder(points=(points[:, None, :], labels), boxes=None, masks=None)
@@ -88,7 +81,7 @@ class CoOpTextEncoder(nn.Module):
     def forward(self) -> torch.Tensor:
         """
         Returns:
-          (torch.Tensor): CxD class embeddings in CLIP's joint space (not normalised).
+          (torch.Tensor): (C, D) class embeddings in CLIP's joint space (not normalised).
         """
         from open_clip.transformer import text_global_pool
 

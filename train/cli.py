@@ -1,17 +1,18 @@
-"""Command lines: ssp-train, ssp-eval, ssp-synth and ssp-demo."""
+"""Command lines: ssp-train, ssp-eval and ssp-synth (ssp-demo: demo.py). Defaults come from the config
+dataclasses (config.py), methods from the prompt-source registry (prompts.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
-from .config import METHODS, ModelConfig
+from .config import ModelConfig, TrainConfig
+from .prompts import PROMPT_SOURCES
 
-__all__ = ["train_command", "eval_command", "synth_command", "demo_command"]
+__all__ = ["train_command", "eval_command", "synth_command"]
 
 LEARN_CHOICES = ("both", "spatial", "semantic")
 
@@ -83,26 +84,27 @@ def _backbone_options(fn):
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder (classes.txt + images/labels).")
 @click.option("--split", default=None, help="Split folder to draw the shots from (e.g. train).")
 @click.option("--val-split", default=None, help="Held-out split: mIoU before and after training.")
-@click.option("--void", default=255, show_default=True, help="Label value ignored in loss and metrics.")
+@click.option("--void", default=TrainConfig.void, show_default=True, help="Label value ignored in loss and metrics.")
 @_backbone_options
-@click.option("--shots", default=4, show_default=True, help="k labelled images per class.")
-@click.option("--prompts", "num_prompts", default=100, show_default=True, help="Spatial prompts N (a square: sqrt(N) x sqrt(N) point grid).")
-@click.option("--method", type=click.Choice(METHODS), default="ssprompt", show_default=True,
+@click.option("--shots", default=TrainConfig.shots, show_default=True, help="k labelled images per class.")
+@click.option("--prompts", "num_prompts", default=ModelConfig.num_prompts, show_default=True,
+              help="Spatial prompts N (a square: sqrt(N) x sqrt(N) point grid).")
+@click.option("--method", type=click.Choice(list(PROMPT_SOURCES)), default=ModelConfig.method, show_default=True,
               help="SSPrompt, or a baseline trained and evaluated the same way: zero-shot (default prompts, no training), "
                    "coop (learnable text context through CLIP's text tower), vspl (learnable point coordinates).")
 @click.option("--coop-init", default=ModelConfig.coop_init, show_default=True, help="CoOp: words whose embeddings start the context ('' = random).")
 @click.option("--coop-context", type=int, help="CoOp: random context vectors, with --coop-init '' [default: 16].")
 @click.option("--learn", type=click.Choice(LEARN_CHOICES), default="both", show_default=True, help="SSPrompt ablation: which prompts learn.")
 @click.option("--fixed-weights", is_flag=True, help="SSPrompt ablation: keep fusion weights at 0.5 (embeddings learn, weights do not).")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=2, show_default=True)
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--weight-decay", default=1e-4, show_default=True)
-@click.option("--short-side", default=512, show_default=True, type=click.IntRange(min=0),
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True)
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=TrainConfig.optimizer, show_default=True)
+@click.option("--lr", default=TrainConfig.lr, show_default=True)
+@click.option("--weight-decay", default=TrainConfig.weight_decay, show_default=True)
+@click.option("--short-side", default=TrainConfig.short_side, show_default=True, type=click.IntRange(min=0),
               help="Labels resized so their shorter side is this (0: keep).")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=TrainConfig.seed, show_default=True)
 @click.option("--cache-dir", default="", help="Encoder feature cache (default ~/.cache/ssprompt or $SSPROMPT_CACHE).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Pack to write (pack.pt).")
@@ -114,7 +116,6 @@ def train_command(**opts) -> None:
 
     Re-running after an interrupt resumes from OUT.ckpt when the settings are the same.
     """
-    from .config import TrainConfig
     from .pipeline import train_pack
 
     out = Path(opts["out"])
@@ -159,17 +160,16 @@ def train_command(**opts) -> None:
 @click.option("--default-prompts", is_flag=True, help="Evaluate the untrained default prompts (zero-shot baseline).")
 @click.option("--sam-checkpoint", type=click.Path(dir_okay=False), help="Default: the path recorded in the pack.")
 @click.option("--clip-pretrained", help="Default: the tag or path recorded in the pack.")
-@click.option("--short-side", default=None, type=click.IntRange(min=0),
-              help="Label resolution, 0 to keep (default: the pack's training setting).")
 @click.option("--cache-dir", default="")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (miou, per_class, ...).")
-def eval_command(pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, short_side, cache_dir, device, as_json) -> None:
-    """mIoU and per-class IoU of a prompt pack on a labelled folder."""
+def eval_command(pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, cache_dir, device, as_json) -> None:
+    """mIoU and per-class IoU of a prompt pack on a labelled folder: the label maps the exported graph
+    gives (what ssp-run writes), scored at each label's own size."""
     from .pipeline import evaluate_pack
 
     metrics = _run(lambda: evaluate_pack(
-        pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, cache_dir, short_side, device,
+        pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, cache_dir, device,
         progress=not as_json,
     ))
     if as_json:
@@ -190,60 +190,6 @@ def synth_command(root, n_train, n_val, seed) -> None:
 
     path = _run(lambda: make_synthetic(root, n_train=n_train, n_val=n_val, seed=seed))
     click.echo(f"synthetic dataset in {path}")
-
-
-# The embedded default: tiny backbones on generated data, tuned to learn visibly in about a minute
-# on a 2-core CPU. AdamW because a random tiny backbone's gradients differ in scale by 10^4
-# between spatial and semantic prompts, which a single SGD learning rate cannot serve.
-DEMO_SETTINGS = {"shots": 4, "epochs": 20, "optimizer": "adamw", "lr": 2e-2, "num_prompts": 64, "short_side": 0}
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False), help="Folder for everything the demo makes.")
-@click.option("--quiet", is_flag=True)
-def demo_command(out, quiet) -> None:
-    """The whole chain on the embedded default: generate data → train → export → ssp-run → ssp-bench."""
-    from ssprompt.export.pipeline import export_pack
-    from ssprompt.runtime.files import write_text_atomic
-    from ssprompt.runtime.run import segment_files
-
-    from .config import TrainConfig
-    from .pipeline import train_pack
-    from .synthetic import make_synthetic
-
-    out = Path(out)
-    s = DEMO_SETTINGS
-
-    def job():
-        data = make_synthetic(out / "data")
-        click.echo(f"[1/4] data: {data} (generated)")
-        config = TrainConfig(
-            data=str(data), split="train", val_split="val", shots=s["shots"], epochs=s["epochs"],
-            optimizer=s["optimizer"], lr=s["lr"], short_side=s["short_side"], cache_dir=str(out / "cache"),
-        )
-        click.echo("[2/4] training prompts")
-        summary = train_pack(ModelConfig(num_prompts=s["num_prompts"]), config, out / "pack.pt", progress=not quiet,
-                             weights_plot=out / "weights.png", log=click.echo)
-        click.echo("[3/4] exporting one ONNX graph (parity-gated)")
-        exported = export_pack(out / "pack.pt", out / "model", force=True, log=click.echo)
-        val_images = sorted((data / "val" / "images").iterdir())[:4]
-        click.echo("[4/4] ssp-run on 4 held-out images, then ssp-bench")
-        segment_files(exported.onnx, val_images, out / "run", batch=2, with_overlay=True, progress=not quiet, log=click.echo)
-        # ssp-bench in its own process, as on an edge box: torch-free, and its peak RSS is the runtime's alone.
-        bench = [str(exported.onnx), "--batch", "1,2", "--warmup", "1", "--iters", "5", "--markdown", str(out / "bench.md"),
-                 "--plot", str(out / "latency.png"), "--quiet"]
-        subprocess.run([sys.executable, "-c", "from ssprompt.runtime.cli import bench_command; bench_command()", *bench],
-                       check=True, stdout=subprocess.DEVNULL)
-        summary["export"] = {"seconds": exported.seconds, "onnx_mib": exported.onnx_bytes / 2**20,
-                             "parity": exported.parity.describe()}
-        return summary
-
-    summary = _run(job)
-    _print_summary(summary)
-    click.echo(_format_metrics("learned prompts", summary["after"]))
-    click.echo(f"\n{out}/: pack.pt, weights.png (fusion weights), model/model.onnx, run/overlays/*.png, "
-               "run/labels/*.png, bench.md + latency.png, summary.json")
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

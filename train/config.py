@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-__all__ = ["METHODS", "ModelConfig", "TrainConfig", "config_from_dict"]
-
-METHODS = ("ssprompt", "zero-shot", "coop", "vspl")  # SSPrompt and the baselines of baselines.py
+__all__ = ["ModelConfig", "TrainConfig", "config_from_dict"]
 
 
 @dataclass
@@ -17,7 +15,7 @@ class ModelConfig:
     clip: str = "tiny"  # open_clip model name, or tiny
     clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (not needed for tiny)
     random_weights: bool = False  # allow full-size backbones without weights (benchmarks, export tests)
-    method: str = "ssprompt"  # ssprompt, or a baseline: zero-shot, coop, vspl (see baselines.py)
+    method: str = "ssprompt"  # the prompt source (prompts.py registry): ssprompt, zero-shot, coop, vspl, ...
     coop_init: str = "a photo of a"  # CoOp: context initialised from these words' embeddings ("" = random)
     coop_context: int = 16  # CoOp: context vectors M when coop_init is ""
     num_prompts: int = 100  # N spatial prompts, one per point of a sqrt(N) x sqrt(N) grid
@@ -31,8 +29,6 @@ class ModelConfig:
         side = math.isqrt(self.num_prompts)
         if self.num_prompts < 1 or side * side != self.num_prompts:
             raise ValueError(f"num_prompts must be a perfect square (a point grid), got {self.num_prompts}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.coop_context < 1:
             raise ValueError(f"--coop-context must be at least 1, got {self.coop_context}")
         if self.decoder_chunk < 1:

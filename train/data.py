@@ -7,6 +7,8 @@ Labels are single-channel images whose pixel value is the class index; one
 value (``void``) marks pixels ignored in losses and metrics.
 
 Only numpy, Pillow and tqdm are needed here, so the module imports without torch.
+
+Shapes: H x W an image, N samples, C classes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""SAM's mask decoder over B images x N prompts in one call (SAM's own assumes one image)."""
+"""SAM's mask decoder over B images x N prompts in one call (SAM's own assumes one image).
+
+Shapes: B images, N prompts, T tokens a prompt, E SAM's prompt width, h x w SAM's embedding grid,
+M the mask tokens.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +27,14 @@ def decode_masks(
 
     Arguments:
       decoder (nn.Module): segment_anything MaskDecoder.
-      image_embeddings (torch.Tensor): BxEx(h)x(w) SAM image embeddings.
-      image_pe (torch.Tensor): 1xEx(h)x(w) dense positional encoding.
-      sparse_prompts (torch.Tensor): NxTxE prompt tokens, shared by every image.
-      dense_prompt (torch.Tensor): 1xEx(h)x(w) dense prompt (SAM's no-mask embedding).
+      image_embeddings (torch.Tensor): (B, E, h, w) SAM image embeddings.
+      image_pe (torch.Tensor): (1, E, h, w) dense positional encoding.
+      sparse_prompts (torch.Tensor): (N, T, E) prompt tokens, shared by every image.
+      dense_prompt (torch.Tensor): (1, E, h, w) dense prompt (SAM's no-mask embedding).
 
     Returns:
-      (torch.Tensor): BxNx(4h)x(4w) mask logits.
-      (torch.Tensor): BxN predicted IoU.
+      (torch.Tensor): (B, N, 4h, 4w) mask logits.
+      (torch.Tensor): (B, N) predicted IoU.
     """
     batch, dim, h, w = image_embeddings.shape
     num_prompts = sparse_prompts.shape[0]

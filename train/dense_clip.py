@@ -1,4 +1,8 @@
-"""Dense CLIP image features, MaskCLIP-style, from an open_clip VisionTransformer."""
+"""Dense CLIP image features, MaskCLIP-style, from an open_clip VisionTransformer.
+
+Shapes: B images, S the input side, g the patch grid (S / patch size), W the transformer width,
+D CLIP's joint embedding width.
+"""
 
 from __future__ import annotations
 
@@ -58,10 +62,10 @@ class DenseClipEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """
         Arguments:
-          images (torch.Tensor): Bx3xSxS CLIP-normalised images, S = grid * patch size.
+          images (torch.Tensor): (B, 3, S, S) CLIP-normalised images, S = g * patch size.
 
         Returns:
-          (torch.Tensor): BxDxgridxgrid patch embeddings in CLIP's joint space (not normalised).
+          (torch.Tensor): (B, D, g, g) patch embeddings in CLIP's joint space (not normalised).
         """
         visual = self.visual
         batch = images.shape[0]

@@ -1,10 +1,13 @@
-"""SSPrompt: learnable spatial and semantic prompts fused with SAM's and CLIP's defaults.
+"""The model: a frozen SAM + CLIP around a prompt source (prompts.py), and the mask classifier and
+semantic map that turn SAM's masks into a label map.
 
-Only four tensors learn: the spatial prompts and their weight logits, the semantic prompts
-and their weight logits. SAM (image encoder, prompt encoder, mask decoder) and CLIP stay
-frozen; the frozen encoders run once per image (`encode`), the rest per step (`forward`).
-The same model runs the baselines (`config.method`, see baselines.py), which change only
-where the spatial and semantic prompts come from.
+The frozen encoders run once per image (`encode`), the rest per step (`forward`). Which prompts
+the decoder and the classifier get, and what learns, is the prompt source's: SSPrompt's fused
+prompts or a baseline's, built by name from `config.method`.
+
+Shapes: B images, N spatial prompts, T tokens a prompt, E SAM's prompt width, h x w SAM's
+embedding grid, M = 4h the mask side, C classes, D CLIP's joint width, g the dense CLIP grid,
+S the square input's side.
 """
 
 from __future__ import annotations
@@ -17,19 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ssprompt.runtime.contract import Normalization
+
 from .backbones import Backbones
-from .baselines import CoOpTextEncoder, embed_points
+from .baselines import embed_points
 from .config import ModelConfig
 from .decoder import decode_masks
 from .dense_clip import DenseClipEncoder, auto_clip_grid
+from .prompts import SourceInputs, build_prompt_source
 
 __all__ = [
     "SSPrompt",
     "Prediction",
-    "fuse_prompts",
     "grid_points",
     "mask_class_logits",
     "semantic_map",
+    "labels_from_semantic",
     "default_semantic_prompts",
 ]
 
@@ -39,26 +45,11 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _EPS = 1e-6
 
 
-def fuse_prompts(learned: torch.Tensor, default: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 4 and 6: Z = w * z_learned + (1 - w) * z_default, with w = sigmoid(logit).
-
-    Arguments:
-      learned (torch.Tensor): Kx... learnable prompts (K prompts or classes).
-      default (torch.Tensor): Kx... default prompts, same shape.
-      logit (torch.Tensor): K weight logits, one per prompt or class.
-
-    Returns:
-      (torch.Tensor): Kx... fused prompts.
-    """
-    weight = torch.sigmoid(logit).reshape(-1, *([1] * (learned.dim() - 1)))
-    return weight * learned + (1 - weight) * default
-
-
 def grid_points(side: int, image_size: int) -> torch.Tensor:
     """Centres of a side x side grid over the square model input, as (x, y) pixel coordinates.
 
     Returns:
-      (torch.Tensor): (side*side)x2, row-major from the top-left.
+      (torch.Tensor): (side * side, 2), row-major from the top-left.
     """
     centres = (torch.arange(side, dtype=torch.float32) + 0.5) * (image_size / side)
     ys, xs = torch.meshgrid(centres, centres, indexing="ij")
@@ -71,13 +62,13 @@ def mask_class_logits(
     """Mask-pool dense CLIP features and compare them with the semantic prompts by cosine.
 
     Arguments:
-      masks (torch.Tensor): BxNxmxm mask logits.
-      features (torch.Tensor): BxDxgxg dense CLIP features; g divides m.
-      semantic (torch.Tensor): CxD semantic prompts (normalised here).
+      masks (torch.Tensor): (B, N, M, M) mask logits.
+      features (torch.Tensor): (B, D, g, g) dense CLIP features; g divides M.
+      semantic (torch.Tensor): (C, D) semantic prompts (normalised here).
       logit_scale (torch.Tensor): scalar, CLIP's exp(logit_scale).
 
     Returns:
-      (torch.Tensor): BxNxC class logits.
+      (torch.Tensor): (B, N, C) class logits.
     """
     pool = F.avg_pool2d(masks.sigmoid(), kernel_size=masks.shape[-1] // features.shape[-1]).flatten(2)  # (B, N, g*g)
     pooled = pool @ features.flatten(2).transpose(1, 2)  # (B, N, D)
@@ -93,12 +84,12 @@ def semantic_map(masks: torch.Tensor, iou: torch.Tensor, class_logits: torch.Ten
     leave that range), and a small constant keeps uncovered pixels at a uniform class mix.
 
     Arguments:
-      masks (torch.Tensor): BxNxHxW mask logits.
-      iou (torch.Tensor): BxN IoU estimates.
-      class_logits (torch.Tensor): BxNxC.
+      masks (torch.Tensor): (B, N, M, M) mask logits.
+      iou (torch.Tensor): (B, N) IoU estimates.
+      class_logits (torch.Tensor): (B, N, C).
 
     Returns:
-      (torch.Tensor): BxCxHxW class probabilities (sum to 1 over C).
+      (torch.Tensor): (B, C, M, M) class probabilities (sum to 1 over C).
     """
     height, width = masks.shape[-2:]
     num_classes = class_logits.shape[-1]
@@ -108,12 +99,29 @@ def semantic_map(masks: torch.Tensor, iou: torch.Tensor, class_logits: torch.Ten
     return (scores + _EPS) / (scores.sum(1, keepdim=True) + num_classes * _EPS)
 
 
+def labels_from_semantic(semantic: torch.Tensor, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The label map the exported graph outputs: the semantic map resized (bilinear) to the square
+    input, then the most probable class per pixel and its probability.
+
+    Arguments:
+      semantic (torch.Tensor): (B, C, M, M) class probabilities.
+      image_size (int): S.
+
+    Returns:
+      (torch.Tensor): (B, S, S) int64 labels.
+      (torch.Tensor): (B, S, S) confidence.
+    """
+    semantic = F.interpolate(semantic, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    confidence, labels = semantic.max(dim=1)
+    return labels, confidence
+
+
 @torch.no_grad()
 def default_semantic_prompts(clip: nn.Module, tokenizer, class_names: Sequence[str]) -> torch.Tensor:
     """CLIP text embeddings of each class name, averaged over the 80 ImageNet templates, L2-normalised.
 
     Returns:
-      (torch.Tensor): CxD.
+      (torch.Tensor): (C, D).
     """
     from open_clip import OPENAI_IMAGENET_TEMPLATES, build_zero_shot_classifier
 
@@ -126,20 +134,19 @@ def default_semantic_prompts(clip: nn.Module, tokenizer, class_names: Sequence[s
 
 @dataclass
 class Prediction:
-    masks: torch.Tensor  # BxNxmxm mask logits
-    iou: torch.Tensor  # BxN IoU estimates
-    class_logits: torch.Tensor  # BxNxC
-    semantic: torch.Tensor  # BxCxmxm class probabilities
+    masks: torch.Tensor  # (B, N, M, M) mask logits
+    iou: torch.Tensor  # (B, N) IoU estimates
+    class_logits: torch.Tensor  # (B, N, C)
+    semantic: torch.Tensor  # (B, C, M, M) class probabilities
 
 
 class SSPrompt(nn.Module):
-    """Learnable prompts around a frozen SAM + CLIP.
+    """A prompt source (SSPrompt's, or a baseline's) around a frozen SAM + CLIP.
 
-    Learnables: learned_spatial (NxTxE), spatial_logit (N), learned_semantic (CxD),
-    semantic_logit (C). Everything else is a frozen module or a buffer.
+    `prompts` is the only part that can learn; everything else is a frozen module or a buffer.
+    The model also carries the facts pre-processing and export need: the letterbox padding and
+    both normalisations (`pad_value`, `normalization`).
     """
-
-    learnable_names = ("learned_spatial", "spatial_logit", "learned_semantic", "semantic_logit")
 
     def __init__(
         self,
@@ -183,26 +190,9 @@ class SSPrompt(nn.Module):
         self.register_buffer("logit_scale", backbones.clip.logit_scale.detach().exp().clone())
         self.register_buffer("clip_mean", torch.tensor(clip_mean).reshape(1, 3, 1, 1) * 255.0)
         self.register_buffer("clip_std", torch.tensor(clip_std).reshape(1, 3, 1, 1) * 255.0)
-
-        # Learnables start at the defaults, with weights sigmoid(0) = 0.5; only SSPrompt trains them.
-        ssprompt = config.method == "ssprompt"
-        learn_spatial = ssprompt and config.learn_spatial
-        learn_semantic = ssprompt and config.learn_semantic
-        self.learned_spatial = nn.Parameter(default_spatial.clone(), requires_grad=learn_spatial)
-        self.spatial_logit = nn.Parameter(torch.zeros(points.shape[0]), requires_grad=learn_spatial and config.learn_weights)
-        self.learned_semantic = nn.Parameter(default_semantic.clone(), requires_grad=learn_semantic)
-        self.semantic_logit = nn.Parameter(
-            torch.zeros(len(self.class_names)), requires_grad=learn_semantic and config.learn_weights
-        )
-        self.prompt_names: tuple[str, ...] = self.learnable_names  # every prompt tensor packs and checkpoints keep
-        if config.method == "coop":
-            self.coop = CoOpTextEncoder(backbones.clip, backbones.tokenizer, self.class_names, config.coop_init, config.coop_context)
-            self.prompt_names += ("coop.context",)
-        elif config.method == "vspl":
-            # (N, 2) logits of the points' (x, y) as fractions of the square input: a point can move anywhere
-            # inside it and never gets stuck at the border, as it would behind a clamp.
-            self.point_logits = nn.Parameter(torch.logit(points / self.image_size))
-            self.prompt_names += ("point_logits",)
+        self.prompts = build_prompt_source(config.method, SourceInputs(
+            default_spatial, default_semantic, points, self.image_size, sam.prompt_encoder, backbones.clip,
+            backbones.tokenizer, self.class_names, config))
 
     @property
     def num_prompts(self) -> int:
@@ -212,43 +202,42 @@ class SSPrompt(nn.Module):
     def clip_input_size(self) -> int:
         return self.clip_dense.input_size
 
+    @property
+    def pad_value(self) -> tuple[int, int, int]:
+        """Letterbox padding: SAM's pixel mean, so padding normalises to about zero as in SAM's own preprocessing."""
+        return tuple(int(round(v)) for v in self.sam.pixel_mean.flatten().tolist())
+
+    def normalization(self) -> Normalization:
+        """SAM's pixel mean and std (0..255), CLIP's (0..1) and CLIP's input side: what the graph applies."""
+        return Normalization(
+            sam_mean=self.sam.pixel_mean.flatten().tolist(),
+            sam_std=self.sam.pixel_std.flatten().tolist(),
+            clip_mean=(self.clip_mean.flatten() / 255).tolist(),
+            clip_std=(self.clip_std.flatten() / 255).tolist(),
+            clip_input_size=int(self.clip_input_size),
+        )
+
     def learnable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in (self.get_parameter(n) for n in self.prompt_names) if p.requires_grad]
-
-    def fused_spatial(self) -> torch.Tensor:
-        """NxTxE fused spatial prompts."""
-        return fuse_prompts(self.learned_spatial, self.default_spatial, self.spatial_logit)
-
-    def fused_semantic(self) -> torch.Tensor:
-        """CxD fused semantic prompts (not normalised)."""
-        return fuse_prompts(self.learned_semantic, self.default_semantic, self.semantic_logit)
-
-    def point_coords(self) -> torch.Tensor:
-        """VSPL: Nx2 learned (x, y) pixel coordinates on the square input."""
-        return torch.sigmoid(self.point_logits) * self.image_size
+        return [p for p in self.prompts.learned().values() if p.requires_grad]
 
     def spatial_prompts(self) -> torch.Tensor:
-        """NxTxE prompts for SAM's decoder: fused (ssprompt), embedded learned points (vspl) or defaults."""
-        if self.config.method == "vspl":
-            return embed_points(self.sam.prompt_encoder, self.point_coords())
-        return self.fused_spatial() if self.config.method == "ssprompt" else self.default_spatial
+        """(N, T, E) prompts for SAM's decoder, from the prompt source."""
+        return self.prompts.spatial()
 
     def semantic_prompts(self) -> torch.Tensor:
-        """CxD prompts for the mask classifier (not normalised): fused (ssprompt), CoOp's text (coop) or defaults."""
-        if self.config.method == "coop":
-            return self.coop()
-        return self.fused_semantic() if self.config.method == "ssprompt" else self.default_semantic
+        """(C, D) prompts for the mask classifier (not normalised), from the prompt source."""
+        return self.prompts.semantic()
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the frozen encoders.
 
         Arguments:
-          images (torch.Tensor): BxSxSx3 uint8, letterboxed to SAM's square input S.
+          images (torch.Tensor): (B, S, S, 3) uint8, letterboxed to SAM's square input.
 
         Returns:
-          (torch.Tensor): BxEx(h)x(w) SAM image embeddings.
-          (torch.Tensor): BxDxgxg dense CLIP features.
+          (torch.Tensor): (B, E, h, w) SAM image embeddings.
+          (torch.Tensor): (B, D, g, g) dense CLIP features.
         """
         return self.encode_images(images)
 
@@ -263,7 +252,7 @@ class SSPrompt(nn.Module):
         return sam_embeddings, clip_features
 
     def decode(self, sam_embeddings: torch.Tensor, spatial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask logits (BxNxmxm) and IoU (BxN) for every image and spatial prompt (NxTxE).
+        """(B, N, M, M) mask logits and (B, N) IoU for every image and spatial prompt ((N, T, E)).
 
         Prompts run in chunks of `decoder_chunk`; while gradients are on, each chunk is
         checkpointed, so the decoder's image-side activations are kept for one chunk only.
@@ -283,11 +272,11 @@ class SSPrompt(nn.Module):
     def forward(self, sam_embeddings: torch.Tensor, clip_features: torch.Tensor) -> Prediction:
         """
         Arguments:
-          sam_embeddings (torch.Tensor): BxEx(h)x(w) from `encode`.
-          clip_features (torch.Tensor): BxDxgxg from `encode`.
+          sam_embeddings (torch.Tensor): (B, E, h, w) from `encode`.
+          clip_features (torch.Tensor): (B, D, g, g) from `encode`.
 
         Returns:
-          (Prediction): masks BxNxmxm, iou BxN, class_logits BxNxC, semantic BxCxmxm.
+          (Prediction): masks (B, N, M, M), iou (B, N), class_logits (B, N, C), semantic (B, C, M, M).
         """
         masks, iou = self.decode(sam_embeddings, self.spatial_prompts())
         logits = mask_class_logits(masks, clip_features, self.semantic_prompts(), self.logit_scale)

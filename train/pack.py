@@ -1,11 +1,19 @@
-"""The prompt pack (pack.pt): fused prompts, raw learnables, defaults and provenance.
+"""The prompt pack (pack.pt): the prompts a graph bakes in, the prompt source's learnables, the
+defaults they started from, and provenance; one schema, `Pack`.
 
-A `torch.save`d dict of tensors and plain Python values, loadable with
-`torch.load(..., weights_only=True)`; see ../shared/design.md for the contents.
+On disk a `torch.save`d dict of tensors and plain Python values, the fields of `Pack` plus
+`format` and `format_version`, loadable with `torch.load(..., weights_only=True)`. Version 3
+names every entry by what it holds (`spatial_prompts`, not `fused_spatial`: a baseline's are
+not fused) and keeps the learnables under the names their prompt source gives them, so
+renaming a Python attribute never changes the file. Versions 1 and 2 still read.
+
+Shapes: N spatial prompts, T tokens a prompt, E SAM's prompt width, C classes, D CLIP's
+joint width.
 """
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -15,31 +23,40 @@ import torch
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.images import brief
 
-from .config import METHODS
-
-__all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "PackError", "build_pack", "save_pack", "load_pack", "load_tensors",
+__all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "Pack", "PackError", "build_pack", "save_pack", "load_pack", "load_tensors",
            "check_pack_fits", "package_version", "atomic_torch_save"]
 
 PACK_FORMAT = "ssprompt.pack"
-PACK_FORMAT_VERSION = 2  # 2: model_config.method and the baselines' learnables; version 1 packs read as ssprompt
-_READABLE_VERSIONS = (1, 2)
-
-_TENSORS = (
-    "fused_spatial",
-    "fused_semantic",
-    "learned_spatial",
-    "spatial_logit",
-    "default_spatial",
-    "learned_semantic",
-    "semantic_logit",
-    "default_semantic",
-    "grid_points",
-)
-_REQUIRED = _TENSORS + ("format", "format_version", "class_names", "palette", "void", "backbones", "model_config", "train_config", "metrics")
+PACK_FORMAT_VERSION = 3  # 3: entries named by what they hold, learnables by their prompt source's names
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 class PackError(ValueError):
     """A pack file that cannot be used; the message is one line naming the file."""
+
+
+@dataclass
+class Pack:
+    method: str  # the prompt source that made it (prompts.py registry)
+    spatial_prompts: torch.Tensor  # (N, T, E) what SAM's decoder gets; the graph bakes it in
+    semantic_prompts: torch.Tensor  # (C, D) what the mask classifier gets (not normalised); the graph bakes it in
+    default_spatial: torch.Tensor  # (N, T, E) SAM's prompt-encoder output for the grid points
+    default_semantic: torch.Tensor  # (C, D) CLIP's class-name embeddings over the 80 ImageNet templates
+    grid_points: torch.Tensor  # (N, 2) (x, y) pixels of the point grid on the square input
+    learned: dict[str, torch.Tensor]  # the prompt source's learnables, by the names it stores them under
+    class_names: list[str]  # index order of the labels
+    palette: list[list[int]]  # one RGB colour a class, 0..255
+    void: int  # the label value ignored in training and metrics
+    backbones: dict  # SAM and CLIP names, checkpoints and sha256 (Backbones.identity)
+    model_config: dict  # ModelConfig as a dict
+    train_config: dict  # TrainConfig as a dict
+    metrics: dict  # held-out metrics after training
+    image_size: int = 0  # S, SAM's square input (0: not recorded, as in version 1 packs)
+    clip_input_size: int = 0  # the side CLIP sees
+    ssprompt_version: str = field(default="0+unknown")
+
+
+_TENSORS = ("spatial_prompts", "semantic_prompts", "default_spatial", "default_semantic", "grid_points")
 
 
 def package_version() -> str:
@@ -55,73 +72,38 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
-def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict) -> dict:
-    """Everything export and evaluation need from a trained `SSPrompt`, as plain values and tensors."""
+def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict) -> Pack:
+    """Everything export and evaluation need from a trained model (train/model.py SSPrompt)."""
     from dataclasses import asdict
 
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().cpu().clone().contiguous()
+
     with torch.no_grad():
-        tensors = {
-            "fused_spatial": model.spatial_prompts(),  # what the decoder and the classifier get, whatever the method
-            "fused_semantic": model.semantic_prompts(),
-            "learned_spatial": model.learned_spatial,
-            "spatial_logit": model.spatial_logit,
-            "default_spatial": model.default_spatial,
-            "learned_semantic": model.learned_semantic,
-            "semantic_logit": model.semantic_logit,
-            "default_semantic": model.default_semantic,
-            "grid_points": model.grid_points,
-        }
-        tensors.update({n: model.get_parameter(n) for n in model.prompt_names if n not in tensors})  # a baseline's own
-    return {
-        "format": PACK_FORMAT,
-        "format_version": PACK_FORMAT_VERSION,
-        **{k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()},
-        "class_names": list(model.class_names),
-        "palette": [list(map(int, c)) for c in palette],
-        "void": int(void),
-        "backbones": backbones.identity(),
-        "image_size": int(model.image_size),
-        "clip_input_size": int(model.clip_input_size),
-        "model_config": asdict(model.config),
-        "train_config": dict(train_config),
-        "metrics": dict(metrics),
-        "ssprompt_version": package_version(),
-    }
-
-
-def save_pack(pack: dict, path: str | Path) -> None:
-    atomic_torch_save(pack, path)
-
-
-def load_pack(path: str | Path) -> dict:
-    """Load and check a pack; never unpickles arbitrary objects.
-
-    Raises:
-      PackError: unreadable or truncated file, wrong format or version, missing keys,
-        or tensors whose shapes disagree with each other.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PackError(f"{path}: pack not found")
-    pack = load_tensors(path, PackError, "pack")
-    if not isinstance(pack, dict) or pack.get("format") != PACK_FORMAT:
-        raise PackError(f"{path}: not an ssprompt pack (no format {PACK_FORMAT!r})")
-    if pack.get("format_version") not in _READABLE_VERSIONS:
-        raise PackError(
-            f"{path}: pack format version {brief(pack.get('format_version'))}, this ssprompt reads versions "
-            f"{', '.join(map(str, _READABLE_VERSIONS))}"
+        return Pack(
+            method=model.config.method,
+            spatial_prompts=plain(model.spatial_prompts()),
+            semantic_prompts=plain(model.semantic_prompts()),
+            default_spatial=plain(model.default_spatial),
+            default_semantic=plain(model.default_semantic),
+            grid_points=plain(model.grid_points),
+            learned={name: plain(p) for name, p in model.prompts.learned().items()},
+            class_names=list(model.class_names),
+            palette=[list(map(int, c)) for c in palette],
+            void=int(void),
+            backbones=backbones.identity(),
+            model_config=asdict(model.config),
+            train_config=dict(train_config),
+            metrics=dict(metrics),
+            image_size=int(model.image_size),
+            clip_input_size=int(model.clip_input_size),
+            ssprompt_version=package_version(),
         )
-    missing = [k for k in _REQUIRED if k not in pack]
-    if missing:
-        raise PackError(f"{path}: pack lacks {', '.join(missing)}")
-    _check_values(path, pack)
-    for name in _TENSORS:
-        if not isinstance(pack[name], torch.Tensor):
-            raise PackError(f"{path}: {name} is not a tensor")
-        if not pack[name].is_floating_point() or not bool(torch.isfinite(pack[name]).all()):
-            raise PackError(f"{path}: {name} holds NaN, infinite or non-float values")
-    _check_shapes(path, pack)
-    return pack
+
+
+def save_pack(pack: Pack, path: str | Path) -> None:
+    atomic_torch_save({"format": PACK_FORMAT, "format_version": PACK_FORMAT_VERSION,
+                       **{f.name: getattr(pack, f.name) for f in fields(Pack)}}, path)
 
 
 def load_tensors(path: Path, error: type[Exception], what: str):
@@ -143,68 +125,111 @@ def load_tensors(path: Path, error: type[Exception], what: str):
         raise error(f"{path}: not a readable {what} (truncated, damaged or not a torch.save file)") from None
 
 
-def _check_values(path: Path, pack: dict) -> None:
+# Version 2 stored every method's prompts under SSPrompt's attribute names, and a baseline's own
+# learnables under its attribute path. Version 1 was SSPrompt only.
+_V2_SSPROMPT = {"spatial_embedding": "learned_spatial", "spatial_weight_logit": "spatial_logit",
+                "semantic_embedding": "learned_semantic", "semantic_weight_logit": "semantic_logit"}
+_V2_BASELINE = {"coop": {"context": "coop.context"}, "vspl": {"point_logits": "point_logits"}, "zero-shot": {}}
+
+
+def _upgrade(raw: dict, path: Path) -> dict:
+    """A version 1 or 2 pack's dict in version 3's names."""
+    model_config = raw.get("model_config")
+    method = model_config.get("method", "ssprompt") if isinstance(model_config, dict) else "ssprompt"
+    names = _V2_SSPROMPT if method == "ssprompt" else _V2_BASELINE.get(method)
+    if names is None:
+        raise PackError(f"{path}: a version {raw['format_version']} pack of unknown method {brief(method)}")
+    missing = [old for old in ("fused_spatial", "fused_semantic", *names.values()) if old not in raw]
+    if missing:
+        raise PackError(f"{path}: pack lacks {', '.join(missing)}")
+    upgraded = {k: v for k, v in raw.items() if k not in ("fused_spatial", "fused_semantic", *_V2_SSPROMPT.values(),
+                                                          "coop.context", "point_logits")}
+    upgraded.update(method=method, spatial_prompts=raw["fused_spatial"], semantic_prompts=raw["fused_semantic"],
+                    learned={new: raw[old] for new, old in names.items()})
+    return upgraded
+
+
+def load_pack(path: str | Path) -> Pack:
+    """Load and check a pack; never unpickles arbitrary objects.
+
+    Raises:
+      PackError: unreadable or truncated file, wrong format or version, missing entries,
+        values of the wrong type, non-finite tensors, or shapes that disagree with each other.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PackError(f"{path}: pack not found")
+    raw = load_tensors(path, PackError, "pack")
+    if not isinstance(raw, dict) or raw.get("format") != PACK_FORMAT:
+        raise PackError(f"{path}: not an ssprompt pack (no format {PACK_FORMAT!r})")
+    if raw.get("format_version") not in _READABLE_VERSIONS:
+        raise PackError(f"{path}: pack format version {brief(raw.get('format_version'))}, this ssprompt reads versions "
+                        f"{', '.join(map(str, _READABLE_VERSIONS))}")
+    values = raw if raw["format_version"] == PACK_FORMAT_VERSION else _upgrade(raw, path)
+    required = [f.name for f in fields(Pack) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise PackError(f"{path}: pack lacks {', '.join(missing)}")
+    pack = Pack(**{f.name: values[f.name] for f in fields(Pack) if f.name in values})
+    _check_values(path, pack)
+    _check_tensors(path, pack)
+    return pack
+
+
+def _check_values(path: Path, pack: Pack) -> None:
     """Plain values, before anything reads them: the configs as dicts, class names, palette colours in 0..255, void."""
-    for name in ("backbones", "model_config", "train_config", "metrics"):
-        if not isinstance(pack[name], dict):
+    for name in ("backbones", "model_config", "train_config", "metrics", "learned"):
+        if not isinstance(getattr(pack, name), dict):
             raise PackError(f"{path}: {name} must be a dict")
-    names = pack["class_names"]
+    if not isinstance(pack.method, str) or not pack.method:
+        raise PackError(f"{path}: method must be a name, got {brief(pack.method)}")
+    names = pack.class_names
     if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
         raise PackError(f"{path}: class_names must be a list of non-empty strings")
-    if not isinstance(pack["palette"], list):
+    if not isinstance(pack.palette, list):
         raise PackError(f"{path}: palette must be a list of colours")
-    for i, colour in enumerate(pack["palette"]):
+    for i, colour in enumerate(pack.palette):
         if not (isinstance(colour, (list, tuple)) and len(colour) == 3
                 and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)):
             raise PackError(f"{path}: palette colour {i} is {brief(colour)}; a colour is three integers in 0..255")
-    if not isinstance(pack["void"], int) or not 0 <= pack["void"] <= 65535:
-        raise PackError(f"{path}: void must be an integer label value, got {brief(pack['void'])}")
+    if not isinstance(pack.void, int) or isinstance(pack.void, bool) or not 0 <= pack.void <= 65535:
+        raise PackError(f"{path}: void must be an integer label value, got {brief(pack.void)}")
 
 
-def check_pack_fits(pack: dict, source: str | Path, prompt_width: int, semantic_width: int) -> None:
+def _check_tensors(path: Path, pack: Pack) -> None:
+    """Every tensor float and finite; the shapes consistent with each other and with the classes."""
+    tensors = {name: getattr(pack, name) for name in _TENSORS}
+    tensors.update({f"learned {name}": t for name, t in pack.learned.items()})
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise PackError(f"{path}: {name} is not a tensor")
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise PackError(f"{path}: {name} holds NaN, infinite or non-float values")
+    spatial, semantic = pack.spatial_prompts, pack.semantic_prompts
+    if spatial.dim() != 3 or semantic.dim() != 2:
+        raise PackError(f"{path}: spatial_prompts must be (N, T, E) and semantic_prompts (C, D), got "
+                        f"{tuple(spatial.shape)} and {tuple(semantic.shape)}")
+    n, c = spatial.shape[0], semantic.shape[0]
+    expected = {"default_spatial": tuple(spatial.shape), "default_semantic": tuple(semantic.shape), "grid_points": (n, 2)}
+    for name, shape in expected.items():
+        if tuple(getattr(pack, name).shape) != shape:
+            raise PackError(f"{path}: {name} has shape {tuple(getattr(pack, name).shape)}, expected {shape}")
+    if len(pack.class_names) != c:
+        raise PackError(f"{path}: {len(pack.class_names)} class names for {c} semantic prompts")
+    if len(pack.palette) != c:
+        raise PackError(f"{path}: {len(pack.palette)} palette colours for {c} classes")
+
+
+def check_pack_fits(pack: Pack, source: str | Path, prompt_width: int, semantic_width: int) -> None:
     """The pack's prompt widths against the backbones it is about to be loaded into.
 
     Arguments:
       prompt_width: E, SAM's prompt embedding width (the spatial prompts' last axis).
       semantic_width: D, CLIP's joint embedding width (the semantic prompts' last axis).
     """
-    spatial, semantic = pack["fused_spatial"].shape[-1], pack["fused_semantic"].shape[-1]
+    spatial, semantic = pack.spatial_prompts.shape[-1], pack.semantic_prompts.shape[-1]
     if spatial != prompt_width:
         raise PackError(f"{source}: spatial prompts are {spatial} wide; this SAM's prompt encoder embeds in {prompt_width}")
     if semantic != semantic_width:
         raise PackError(f"{source}: semantic prompts are {semantic} wide; this CLIP embeds in {semantic_width}")
 
-
-def _check_shapes(path: Path, pack: dict) -> None:
-    spatial = pack["fused_spatial"]
-    semantic = pack["fused_semantic"]
-    if spatial.dim() != 3 or semantic.dim() != 2:
-        raise PackError(f"{path}: fused_spatial must be NxTxE and fused_semantic CxD, got {tuple(spatial.shape)} and {tuple(semantic.shape)}")
-    n, c = spatial.shape[0], semantic.shape[0]
-    expected = {
-        "learned_spatial": tuple(spatial.shape),
-        "default_spatial": tuple(spatial.shape),
-        "spatial_logit": (n,),
-        "learned_semantic": tuple(semantic.shape),
-        "default_semantic": tuple(semantic.shape),
-        "semantic_logit": (c,),
-        "grid_points": (n, 2),
-    }
-    for name, shape in expected.items():
-        if tuple(pack[name].shape) != shape:
-            raise PackError(f"{path}: {name} has shape {tuple(pack[name].shape)}, expected {shape}")
-    method = pack["model_config"].get("method", "ssprompt")
-    if method not in METHODS:
-        raise PackError(f"{path}: unknown method {brief(method)} (this ssprompt knows {', '.join(METHODS)})")
-    method_tensors = {"coop": {"coop.context": (None, None)}, "vspl": {"point_logits": (n, 2)}}  # None: any size
-    for name, shape in method_tensors.get(method, {}).items():
-        tensor = pack.get(name)
-        if not isinstance(tensor, torch.Tensor) or tensor.dim() != len(shape) or any(
-            want is not None and got != want for got, want in zip(tensor.shape, shape)
-        ):
-            want = "x".join("?" if d is None else str(d) for d in shape)
-            raise PackError(f"{path}: a {method} pack needs {name}, a {want} tensor")
-    if len(pack["class_names"]) != c:
-        raise PackError(f"{path}: {len(pack['class_names'])} class names for {c} semantic prompts")
-    if len(pack["palette"]) != c:
-        raise PackError(f"{path}: {len(pack['palette'])} palette colours for {c} classes")

@@ -15,8 +15,11 @@ from .cache import FeatureCache, default_cache_dir
 from .config import ModelConfig, TrainConfig, config_from_dict
 from .data import class_presence, open_folder, sample_k_shot
 from .model import SSPrompt
-from .pack import PackError, build_pack, check_pack_fits, load_pack, save_pack
-from .trainer import TrainResult, encode_folder, encoder_identity, evaluate, train_prompts
+from .pack import Pack, PackError, build_pack, check_pack_fits, load_pack, save_pack
+from .prompts import PROMPT_SOURCES
+from .features import encode_folder, encoder_identity
+from .loop import TrainResult, train_prompts
+from .metrics import evaluate
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
 
@@ -74,15 +77,15 @@ def train_pack(
     flips = (False, True) if config.flip else (False,)
     items = encode_folder(model, folder, indices, cache, config.short_side, flips, progress, desc="encode shots")
     val_items = []
-    if val_folder is not None:
+    if val_folder is not None:  # scored as ssp-eval scores: at each label's own size
         val_items = [f[0] for f in encode_folder(
-            model, val_folder, range(len(val_folder)), cache, config.short_side, (False,), progress, desc="encode val")]
+            model, val_folder, range(len(val_folder)), cache, 0, (False,), progress, desc="encode val")]
     encode_seconds = time.perf_counter() - encode_began
     hits, misses = cache.hits, cache.misses
 
     before = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
     checkpoint = out.with_name(out.name + ".ckpt")
-    if model_config.method == "zero-shot":  # the baseline that learns nothing: the pack holds the defaults
+    if not model.prompts.learned():  # a source without learnables (zero-shot): the pack holds its prompts
         result = TrainResult(steps=0, resumed_from=0, losses=[], seconds=0.0)
         after = before
     else:
@@ -101,7 +104,7 @@ def train_pack(
     pack = build_pack(model, backbones, default_palette(folder.num_classes), folder.void, asdict(config), metrics)
     save_pack(pack, out)
     checkpoint.unlink(missing_ok=True)
-    if weights_plot and model_config.method != "ssprompt":
+    if weights_plot and "semantic_weight_logit" not in pack.learned:
         log(f"no fusion weights to plot: method {model_config.method} has none")
     elif weights_plot:
         from .plots import plot_fusion_weights
@@ -126,7 +129,7 @@ def train_pack(
 
 
 def model_from_pack(
-    pack: dict,
+    pack: Pack,
     sam_checkpoint: str | None = None,
     clip_pretrained: str | None = None,
     default_prompts: bool = False,
@@ -140,35 +143,41 @@ def model_from_pack(
     With `default_prompts`, the model is the zero-shot baseline: nothing of the pack's learning is used.
     `source` names the pack (its file) in errors.
     """
-    config = config_from_dict(ModelConfig, pack["model_config"])
-    ids = pack["backbones"]
+    config = config_from_dict(ModelConfig, pack.model_config)
+    ids = pack.backbones
     config = replace(
         config,
-        method="zero-shot" if default_prompts else config.method,
+        method="zero-shot" if default_prompts else pack.method,
         sam_checkpoint=sam_checkpoint or config.sam_checkpoint,
         clip_pretrained=clip_pretrained or config.clip_pretrained,
         random_weights=config.random_weights if random_weights is None else random_weights,
     )
+    if config.method not in PROMPT_SOURCES:  # before the backbones, which can take minutes to load
+        raise PackError(f"{source}: method {config.method!r} is not a registered prompt source "
+                        f"({', '.join(PROMPT_SOURCES)}); a newer ssprompt or a plug-in wrote it")
     backbones = load_backbones(config.sam, config.clip, config.sam_checkpoint, config.clip_pretrained, config.random_weights)
     for name, digest, flag in (("SAM", backbones.sam_sha256, "--sam-checkpoint"), ("CLIP", backbones.clip_sha256, "--clip-pretrained")):
-        expected = ids[f"{name.lower()}_sha256"]
+        expected = ids.get(f"{name.lower()}_sha256")
         if digest != expected:
             raise BackboneError(
-                f"{name} weights (sha256 {digest[:12]}) differ from the pack's (sha256 {expected[:12]}); "
+                f"{name} weights (sha256 {digest[:12]}) differ from the pack's (sha256 {str(expected)[:12]}); "
                 f"pass the {flag} it was trained with"
             )
     visual = backbones.clip.visual
     check_pack_fits(pack, source, backbones.sam.prompt_encoder.embed_dim,
                     getattr(visual, "output_dim", None) or int(visual.proj.shape[1]))
-    model = SSPrompt(backbones, pack["class_names"], config, default_semantic=pack["default_semantic"])
+    model = SSPrompt(backbones, pack.class_names, config, default_semantic=pack.default_semantic)
     if not default_prompts:
+        targets = model.prompts.learned()
+        if set(targets) != set(pack.learned):
+            raise PackError(f"{source}: a {pack.method} pack holds {', '.join(sorted(pack.learned)) or 'no learnables'}; "
+                            f"its prompt source needs {', '.join(sorted(targets)) or 'none'}")
         with torch.no_grad():
-            for name in model.prompt_names:
-                target = model.get_parameter(name)
-                if pack[name].shape != target.shape:
-                    raise PackError(f"{source}: {name} has shape {tuple(pack[name].shape)}; "
+            for name, target in targets.items():
+                if pack.learned[name].shape != target.shape:
+                    raise PackError(f"{source}: {name} has shape {tuple(pack.learned[name].shape)}; "
                                     f"these backbones need {tuple(target.shape)}")
-                target.copy_(pack[name])
+                target.copy_(pack.learned[name])
     return model.to(pick_device(device)), backbones
 
 
@@ -181,21 +190,19 @@ def evaluate_pack(
     sam_checkpoint: str | None = None,
     clip_pretrained: str | None = None,
     cache_dir: str = "",
-    short_side: int | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> dict:
-    """mIoU and per-class IoU of a pack (or of its backbones' default prompts) on a folder."""
+    """mIoU and per-class IoU of a pack (or of its backbones' default prompts) on a folder, scored on the
+    label maps the exported graph gives, at each label's own size (train/metrics.py)."""
     pack = load_pack(pack_path)
-    train_cfg = config_from_dict(TrainConfig, pack["train_config"])
-    void = pack["void"] if void is None else void
+    void = pack.void if void is None else void
     folder = open_folder(data, split, void)
-    if folder.class_names != pack["class_names"]:
-        raise PackError(f"{folder.location}: classes {folder.class_names} differ from the pack's {pack['class_names']}")
+    if folder.class_names != pack.class_names:
+        raise PackError(f"{folder.location}: classes {folder.class_names} differ from the pack's {pack.class_names}")
     model, backbones = model_from_pack(pack, sam_checkpoint, clip_pretrained, default_prompts, device, source=pack_path)
     cache = FeatureCache(cache_dir or default_cache_dir(), encoder_identity(model, backbones))
-    side = train_cfg.short_side if short_side is None else short_side
-    items = [f[0] for f in encode_folder(model, folder, range(len(folder)), cache, side, (False,), progress, desc="encode")]
+    items = [f[0] for f in encode_folder(model, folder, range(len(folder)), cache, 0, (False,), progress, desc="encode")]
     metrics = evaluate(model, items, folder.num_classes, void, progress=progress)
     metrics.update({"images": len(items), "prompts": "default" if default_prompts else "learned",
                     "method": model.config.method, "data": str(folder.location)})

@@ -4,6 +4,8 @@ Images show coloured shapes on a textured grey background. Every class has
 its own shape and a saturated colour, so even an untrained network can tell
 them apart by colour; labels carry a 1-pixel void ring around each shape, as
 real datasets mark uncertain boundaries.
+
+Shapes: H x W an image.
 """
 
 from __future__ import annotations

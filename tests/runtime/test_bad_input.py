@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ssprompt.runtime.cli import bench_command, run_command
+from ssprompt.runtime.contract import METADATA_PREFIX
 from ssprompt.runtime.files import TEMPORARY_PREFIX, _host, atomic_path, is_temporary, remove_stale_temporaries
 from ssprompt.runtime.images import ImageError, find_images, read_image
 
@@ -61,14 +62,12 @@ def test_2_stems_that_collide_across_folders_get_distinct_label_files(exported_o
 
 
 def _with_metadata(model: Path, out: Path, **changes) -> Path:
-    from ssprompt.runtime.contract import decode_metadata, encode_metadata
-
+    """A copy of `model` whose metadata entries `changes` hold these raw JSON-able values."""
     proto = onnx.load(str(model))
-    meta = decode_metadata({p.key: p.value for p in proto.metadata_props})
-    meta.update(changes)
-    meta = {k: v for k, v in meta.items() if v is not None}
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, encode_metadata(meta))
+    for entry in proto.metadata_props:
+        name = entry.key.removeprefix(METADATA_PREFIX)
+        if name in changes:
+            entry.value = json.dumps(changes[name])
     onnx.save(proto, str(out))
     return out
 
@@ -136,8 +135,7 @@ def test_8_ssp_bench_on_a_foreign_model_is_one_line(tmp_path):
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), str(model))
     result = CliRunner().invoke(bench_command, [str(model), "--batch", "1", "--iters", "1", "--warmup", "0", "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output and "KeyError" not in result.output
-    assert result.output.strip() == f"Error: {model}: no ssprompt metadata (input_size, pad_value, class_names, palette); " \
-                                    "export it with ssp-export"
+    assert result.output.strip() == f"Error: {model}: no ssprompt metadata; export it with ssp-export"
 
 
 def test_9_a_10000_by_1_image_is_segmented_at_its_size(exported_onnx, tmp_path):

@@ -94,7 +94,7 @@ def test_bad_model_file_is_a_clear_error(val_images, tmp_path):
 
 def test_runner_checks_inputs_against_the_model(onnx_model):
     with OnnxRuntimeRunner(onnx_model) as runner:
-        assert runner.metadata["class_names"][0] == "background"
+        assert runner.metadata.class_names[0] == "background"
         with pytest.raises(ValueError, match="must be uint8"):
             runner.infer({INPUT: np.zeros((1, 256, 256, 3), np.float32)})
         with pytest.raises(ValueError, match=r"shape \('batch', 256, 256, 3\)"):
@@ -103,8 +103,11 @@ def test_runner_checks_inputs_against_the_model(onnx_model):
 
 
 def test_engine_built_elsewhere_is_refused_with_rebuild_advice(tmp_path):
+    from ssprompt.runtime.contract import EngineFacts
+
+    built = EngineFacts(tensorrt_version="10.3", gpu="NVIDIA A100", batch=[1, 1, 8], onnx_sha256="0" * 64)
     with pytest.raises(ModelError, match=r"built with TensorRT 10\.3 on NVIDIA A100.*this is TensorRT 10\.8 on Orin.*rebuild"):
-        check_sidecar(tmp_path / "model.plan", {"tensorrt_version": "10.3", "gpu": "NVIDIA A100"}, "10.8", "Orin")
+        check_sidecar(tmp_path / "model.plan", built, "10.8", "Orin")
 
 
 def test_engine_file_picks_the_tensorrt_runner_and_fails_cleanly_without_it(tmp_path):

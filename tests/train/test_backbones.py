@@ -55,3 +55,27 @@ def test_dense_clip_at_native_grid_keeps_positional_embedding(tiny_backbones):
     assert torch.equal(dense.pos_embed, visual.positional_embedding)
     out = dense(torch.randn(2, 3, dense.input_size, dense.input_size))
     assert out.shape == (2, visual.proj.shape[1], visual.grid_size[0], visual.grid_size[0])
+
+
+def test_dense_clip_features_are_the_last_blocks_value_path(tiny_backbones):
+    """MaskCLIP: the last block as CLIP runs it, but with each token attending to itself alone."""
+    visual = tiny_backbones.clip.visual
+    dense = DenseClipEncoder(visual, visual.grid_size[0])
+    images = torch.randn(2, 3, dense.input_size, dense.input_size, generator=torch.Generator().manual_seed(0))
+    captured = {}
+    last = visual.transformer.resblocks[-1]
+    hook = last.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    with torch.no_grad():
+        visual(images)
+        hook.remove()
+        x = captured["x"]  # the last block's input, as open_clip lays it out
+        tokens = x.shape[1] if visual.transformer.batch_first else x.shape[0]
+        self_only = torch.full((tokens, tokens), float("-inf")).fill_diagonal_(0.0)
+        y = last.ln_1(x)
+        x = x + last.ls_1(last.attn(y, y, y, need_weights=False, attn_mask=self_only)[0])
+        x = x + last.ls_2(last.mlp(last.ln_2(x)))
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        expected = visual.ln_post(x[:, 1:]) @ visual.proj  # (B, g*g, D)
+        got = dense(images).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

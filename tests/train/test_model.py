@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ssprompt.train.config import ModelConfig
-from ssprompt.train.model import SSPrompt, fuse_prompts, mask_class_logits, semantic_map
+from ssprompt.train.model import SSPrompt, labels_from_semantic, mask_class_logits, semantic_map
+from ssprompt.train.prompts import fuse_prompts
 
 CLASSES = ["background", "red disc", "green square", "blue triangle"]
 
@@ -35,16 +36,16 @@ def test_extreme_logits_select_one_side_exactly():
 
 
 def test_fusion_weights_start_at_half_and_learnables_at_defaults(model):
-    assert torch.equal(torch.sigmoid(model.spatial_logit), torch.full((16,), 0.5))
-    assert torch.equal(model.fused_spatial(), model.default_spatial)
-    assert torch.equal(model.fused_semantic(), model.default_semantic)
+    assert torch.equal(torch.sigmoid(model.prompts.spatial_weight_logit), torch.full((16,), 0.5))
+    assert torch.equal(model.spatial_prompts(), model.default_spatial)
+    assert torch.equal(model.semantic_prompts(), model.default_semantic)
 
 
 def test_default_spatial_prompts_decode_like_sam_for_every_grid_point(model, encoded):
     sam_emb, _ = encoded
     sam = model.sam
     with torch.no_grad():
-        spatial = fuse_prompts(model.learned_spatial + 3.0, model.default_spatial, torch.full((16,), -1e4))
+        spatial = fuse_prompts(model.prompts.spatial_embedding + 3.0, model.default_spatial, torch.full((16,), -1e4))
         masks, iou = model.decode(sam_emb, spatial)  # (2, 16, m, m), chunks of 5
         for b in range(2):
             sparse, dense = sam.prompt_encoder(
@@ -84,21 +85,33 @@ def test_mask_class_logits_are_scaled_cosines():
 
 def test_only_the_four_learnables_require_grad(model):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == set(SSPrompt.learnable_names)
+    assert trainable == {f"prompts.{name}" for name in model.prompts.learned()}
+    assert set(model.prompts.learned()) == {"spatial_embedding", "spatial_weight_logit", "semantic_embedding",
+                                            "semantic_weight_logit"}
 
 
 @pytest.mark.parametrize(
     "learn_spatial, learn_semantic, learn_weights, expected",
     [
-        (True, False, True, {"learned_spatial", "spatial_logit"}),
-        (False, True, True, {"learned_semantic", "semantic_logit"}),
-        (True, True, False, {"learned_spatial", "learned_semantic"}),
+        (True, False, True, {"spatial_embedding", "spatial_weight_logit"}),
+        (False, True, True, {"semantic_embedding", "semantic_weight_logit"}),
+        (True, True, False, {"spatial_embedding", "semantic_embedding"}),
     ],
 )
 def test_ablation_switches_choose_what_learns(tiny_backbones, model, learn_spatial, learn_semantic, learn_weights, expected):
     config = ModelConfig(num_prompts=16, learn_spatial=learn_spatial, learn_semantic=learn_semantic, learn_weights=learn_weights)
     ablated = SSPrompt(tiny_backbones, CLASSES, config, default_semantic=model.default_semantic)
-    assert {n for n, p in ablated.named_parameters() if p.requires_grad} == expected
+    assert {n for n, p in ablated.prompts.learned().items() if p.requires_grad} == expected
+
+
+def test_the_label_map_is_the_argmax_of_the_upsampled_semantic_map():
+    semantic = torch.zeros(1, 3, 2, 2)
+    semantic[0, 2, 0, 0] = semantic[0, 1, 1, 1] = 1.0  # top-left class 2, bottom-right class 1, else a tie at 0
+    semantic[0, 0] = 0.5
+    labels, confidence = labels_from_semantic(semantic, 4)
+    assert labels.shape == (1, 4, 4) and labels.dtype == torch.int64
+    assert labels[0, 0, 0] == 2 and labels[0, 3, 3] == 1 and labels[0, 0, 3] == 0
+    torch.testing.assert_close(confidence[0, 0, 0], torch.tensor(1.0))  # a corner keeps its cell's value
 
 
 def test_num_prompts_must_be_a_square():

@@ -1,26 +1,45 @@
+from dataclasses import fields, replace
+
 import pytest
 import torch
 
-from ssprompt.train.pack import PACK_FORMAT_VERSION, PackError, load_pack, save_pack
+from ssprompt.train.pack import PACK_FORMAT, PACK_FORMAT_VERSION, Pack, PackError, load_pack, save_pack
 
 
 @pytest.fixture
-def pack(demo_run):
+def pack(demo_run) -> Pack:
     return load_pack(demo_run[1])
 
 
-def test_pack_round_trips_with_weights_only(demo_run, tmp_path, pack):
+def _raw(pack: Pack, **changes) -> dict:
+    """The file's dict, as save_pack writes it, with `changes` applied (None removes an entry)."""
+    raw = {"format": PACK_FORMAT, "format_version": PACK_FORMAT_VERSION, **{f.name: getattr(pack, f.name) for f in fields(Pack)}}
+    raw.update(changes)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def _version_2(pack: Pack) -> dict:
+    """The same SSPrompt pack as version 2 wrote it: SSPrompt's attribute names, `fused_*` entries."""
+    raw = _raw(pack, format_version=2, method=None, learned=None, spatial_prompts=None, semantic_prompts=None)
+    raw.update(fused_spatial=pack.spatial_prompts, fused_semantic=pack.semantic_prompts,
+               learned_spatial=pack.learned["spatial_embedding"], spatial_logit=pack.learned["spatial_weight_logit"],
+               learned_semantic=pack.learned["semantic_embedding"], semantic_logit=pack.learned["semantic_weight_logit"])
+    return raw
+
+
+def test_pack_round_trips_with_weights_only(tmp_path, pack):
     copy = tmp_path / "copy.pt"
     save_pack(pack, copy)
     again = torch.load(copy, map_location="cpu", weights_only=True)
-    assert torch.equal(again["fused_spatial"], pack["fused_spatial"])
+    assert torch.equal(again["spatial_prompts"], pack.spatial_prompts)
     assert again["class_names"] == ["background", "red disc", "green square", "blue triangle"]
-    assert again["format_version"] == PACK_FORMAT_VERSION
+    assert again["format_version"] == PACK_FORMAT_VERSION == 3
+    assert set(again["learned"]) == {"spatial_embedding", "spatial_weight_logit", "semantic_embedding", "semantic_weight_logit"}
 
 
-def test_pack_fused_prompts_match_its_raw_learnables(pack):
-    w = torch.sigmoid(pack["semantic_logit"])[:, None]
-    torch.testing.assert_close(pack["fused_semantic"], w * pack["learned_semantic"] + (1 - w) * pack["default_semantic"])
+def test_pack_prompts_are_the_fusion_of_its_learnables(pack):
+    w = torch.sigmoid(pack.learned["semantic_weight_logit"])[:, None]
+    torch.testing.assert_close(pack.semantic_prompts, w * pack.learned["semantic_embedding"] + (1 - w) * pack.default_semantic)
 
 
 def test_truncated_pack_is_refused(demo_run, tmp_path):
@@ -32,14 +51,13 @@ def test_truncated_pack_is_refused(demo_run, tmp_path):
 
 
 def test_wrong_shapes_are_refused(pack, tmp_path):
-    bad = dict(pack, spatial_logit=torch.zeros(3))
-    save_pack(bad, tmp_path / "bad.pt")
-    with pytest.raises(PackError, match=r"spatial_logit has shape \(3,\), expected \(64,\)"):
+    save_pack(replace(pack, grid_points=torch.zeros(3, 2)), tmp_path / "bad.pt")
+    with pytest.raises(PackError, match=r"bad.pt: grid_points has shape \(3, 2\), expected \(64, 2\)"):
         load_pack(tmp_path / "bad.pt")
 
 
 def test_wrong_format_version_is_refused(pack, tmp_path):
-    save_pack(dict(pack, format_version=99), tmp_path / "v99.pt")
+    torch.save(_raw(pack, format_version=99), tmp_path / "v99.pt")
     with pytest.raises(PackError, match="format version 99"):
         load_pack(tmp_path / "v99.pt")
 
@@ -57,30 +75,53 @@ def test_pickled_objects_are_never_loaded_and_the_refusal_says_why(tmp_path):
                        "as a pack never runs code when loaded")  # whole, one line, and not blamed on truncation
 
 
-def test_version_1_pack_reads_as_ssprompt(pack, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_earlier_versions_read_into_the_same_pack(pack, tmp_path, version):
     from ssprompt.train.pipeline import model_from_pack
 
-    old = dict(pack, format_version=1, model_config={k: v for k, v in pack["model_config"].items() if k != "method"})
-    save_pack(old, tmp_path / "v1.pt")
-    model, _ = model_from_pack(load_pack(tmp_path / "v1.pt"), device="cpu")
-    assert model.config.method == "ssprompt"
-    torch.testing.assert_close(model.spatial_prompts(), pack["fused_spatial"])
+    old = _version_2(pack)
+    if version == 1:  # no method anywhere: SSPrompt
+        old.update(format_version=1, model_config={k: v for k, v in pack.model_config.items() if k != "method"})
+    torch.save(old, tmp_path / "old.pt")
+    again = load_pack(tmp_path / "old.pt")
+    assert again.method == "ssprompt" and set(again.learned) == set(pack.learned)
+    model, _ = model_from_pack(again, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(model.spatial_prompts(), pack.spatial_prompts)
+        torch.testing.assert_close(model.semantic_prompts(), pack.semantic_prompts)
 
 
-def test_pack_of_an_unknown_method_is_refused(pack, tmp_path):
-    save_pack(dict(pack, model_config=dict(pack["model_config"], method="magic")), tmp_path / "magic.pt")
-    with pytest.raises(PackError, match=r"magic.pt: unknown method 'magic'"):
-        load_pack(tmp_path / "magic.pt")
+def test_a_version_2_pack_of_a_baseline_keeps_its_learnable(pack, tmp_path):
+    old = _raw(pack, format_version=2, method=None, learned=None, spatial_prompts=None, semantic_prompts=None)
+    old.update(fused_spatial=pack.spatial_prompts, fused_semantic=pack.semantic_prompts, point_logits=torch.zeros(64, 2),
+               model_config=dict(pack.model_config, method="vspl"))
+    torch.save(old, tmp_path / "vspl.pt")
+    again = load_pack(tmp_path / "vspl.pt")
+    assert again.method == "vspl" and list(again.learned) == ["point_logits"]
+
+
+def test_pack_of_an_unknown_method_is_refused_naming_the_file_before_the_backbones_load(pack, tmp_path, monkeypatch):
+    from ssprompt.train import pipeline
+
+    def load_backbones(*args):
+        raise AssertionError("backbones loaded for a pack that cannot be used")
+
+    monkeypatch.setattr(pipeline, "load_backbones", load_backbones)
+    save_pack(replace(pack, method="magic"), tmp_path / "magic.pt")
+    with pytest.raises(PackError, match=r"magic.pt: method 'magic' is not a registered prompt source \(ssprompt, zero-shot"):
+        pipeline.model_from_pack(load_pack(tmp_path / "magic.pt"), device="cpu", source=tmp_path / "magic.pt")
 
 
 @pytest.mark.parametrize("key, value, message", [
     ("model_config", [], "model_config must be a dict"),
+    ("learned", [], "learned must be a dict"),
     ("class_names", 3, "class_names must be a list of non-empty strings"),
     ("class_names", "abcd", "class_names must be a list of non-empty strings"),
     ("palette", 3, "palette must be a list of colours"),
     ("void", "255", "void must be an integer label value"),
+    ("method", 7, "method must be a name"),
 ])
 def test_plain_values_of_the_wrong_type_are_refused_before_use(pack, tmp_path, key, value, message):
-    save_pack(dict(pack, **{key: value}), tmp_path / "odd.pt")
+    torch.save(_raw(pack, **{key: value}), tmp_path / "odd.pt")
     with pytest.raises(PackError, match=f"odd.pt: {message}"):
         load_pack(tmp_path / "odd.pt")

@@ -10,8 +10,9 @@ from ssprompt.train.config import ModelConfig, TrainConfig
 from ssprompt.train.data import open_folder, sample_k_shot
 from ssprompt.train.model import SSPrompt
 from ssprompt.train.pipeline import train_pack
-from ssprompt.train import trainer
-from ssprompt.train.trainer import encode_folder, encoder_identity, train_prompts
+from ssprompt.train import loop
+from ssprompt.train.features import encode_folder, encoder_identity
+from ssprompt.train.loop import train_prompts
 
 
 @pytest.fixture(scope="module")
@@ -27,36 +28,39 @@ def _config(**kw):
     return TrainConfig(**{"epochs": 2, "batch_size": 2, "optimizer": "adamw", "lr": 2e-2, "short_side": 0, **kw})
 
 
+def _learned(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.prompts.learned().items()}
+
+
 def test_training_changes_only_the_four_learnables(small_setup, tiny_backbones):
     model, items = small_setup
-    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if k not in SSPrompt.learnable_names}
-    learn_before = {n: getattr(model, n).detach().clone() for n in SSPrompt.learnable_names}
+    names = {f"prompts.{n}" for n in model.prompts.learned()}
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if k not in names}
+    learn_before = _learned(model)
     train_prompts(model, items, _config(), progress=False)
     for name, value in model.state_dict().items():
-        if name not in SSPrompt.learnable_names:
+        if name not in names:
             assert torch.equal(value, frozen_before[name]), name
-    for name in SSPrompt.learnable_names:
-        assert not torch.equal(getattr(model, name), learn_before[name]), name
-    weights = torch.sigmoid(torch.cat([model.spatial_logit, model.semantic_logit]))
-    assert ((weights >= 0) & (weights <= 1)).all()
+    for name, value in _learned(model).items():
+        assert not torch.equal(value, learn_before[name]), name
 
 
 def test_interrupted_training_resumes_to_the_same_prompts(tiny_backbones, small_setup, tmp_path, monkeypatch):
     model, items = small_setup
-    start = {n: getattr(model, n).detach().clone() for n in SSPrompt.learnable_names}
+    start = _learned(model)
 
     def reset():
         with torch.no_grad():
-            for n in SSPrompt.learnable_names:
-                getattr(model, n).copy_(start[n])
+            for n, p in model.prompts.learned().items():
+                p.copy_(start[n])
 
     reset()
     uninterrupted = train_prompts(model, items, _config(epochs=6), progress=False)
     assert uninterrupted.steps >= 6
-    expected = {n: getattr(model, n).detach().clone() for n in SSPrompt.learnable_names}
+    expected = _learned(model)
 
     reset()
-    real_loss, calls = trainer.segmentation_loss, {"n": 0}
+    real_loss, calls = loop.segmentation_loss, {"n": 0}
 
     def failing_loss(*args, **kwargs):
         calls["n"] += 1
@@ -64,17 +68,17 @@ def test_interrupted_training_resumes_to_the_same_prompts(tiny_backbones, small_
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "segmentation_loss", failing_loss)
+    monkeypatch.setattr(loop, "segmentation_loss", failing_loss)
     with pytest.raises(KeyboardInterrupt):
         train_prompts(model, items, _config(epochs=6, checkpoint_every=1), checkpoint_path=tmp_path / "run.ckpt", progress=False)
-    monkeypatch.setattr(trainer, "segmentation_loss", real_loss)
+    monkeypatch.setattr(loop, "segmentation_loss", real_loss)
 
     reset()  # a fresh process would start from the defaults too
     resumed = train_prompts(model, items, _config(epochs=6, checkpoint_every=1), checkpoint_path=tmp_path / "run.ckpt", progress=False)
     assert resumed.resumed_from == 3
     assert len(resumed.losses) == uninterrupted.steps - 3
-    for n in SSPrompt.learnable_names:
-        torch.testing.assert_close(getattr(model, n), expected[n])
+    for n, value in _learned(model).items():
+        torch.testing.assert_close(value, expected[n])
 
 
 def test_learned_prompts_beat_default_prompts_on_held_out_data(demo_run):
@@ -127,7 +131,7 @@ def test_ssp_eval_refuses_a_pack_whose_backbone_differs(demo_run, synthetic_root
     from ssprompt.train.pack import load_pack, save_pack
 
     pack = load_pack(demo_run[1])
-    pack["backbones"] = dict(pack["backbones"], sam_sha256="0" * 64)
+    pack.backbones = dict(pack.backbones, sam_sha256="0" * 64)
     save_pack(pack, tmp_path / "other.pt")
     result = CliRunner().invoke(eval_command, ["--prompts", str(tmp_path / "other.pt"), "--data", str(synthetic_root), "--split", "val"])
     assert result.exit_code != 0 and "SAM weights" in result.output and "differ from the pack's" in result.output

@@ -1,0 +1,57 @@
+"""GraphMetadata: what encode writes, decode reads back; a damaged field is named in one line."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ssprompt.runtime.contract import METADATA_PREFIX, EngineFacts, GraphMetadata, MetadataError, Normalization
+
+META = GraphMetadata(
+    class_names=["road", "car"], palette=[[128, 64, 128], [0, 0, 142]], input_size=256, mask_size=64, num_prompts=16,
+    pad_value=[124, 116, 104], normalization=Normalization([123.7, 116.3, 103.5], [58.4, 57.1, 57.4],
+                                                             [0.48, 0.46, 0.41], [0.27, 0.26, 0.28], 224),
+    pack_sha256="ab12", backbones={"sam": "tiny", "clip": "tiny"}, precision="fp16", ssprompt_version="0.1.0",
+    engine=EngineFacts("10.8.0", "NVIDIA H200", [1, 4, 8], "cd34"),
+)
+
+
+def test_encode_then_decode_gives_the_same_metadata_under_the_prefix():
+    props = META.encode()
+    assert all(key.startswith(METADATA_PREFIX) for key in props)
+    assert json.loads(props[METADATA_PREFIX + "engine"])["batch"] == [1, 4, 8]
+    assert GraphMetadata.decode(props) == META
+
+
+def test_a_graph_without_engine_facts_writes_no_engine_entry():
+    props = replace(META, engine=None).encode()
+    assert METADATA_PREFIX + "engine" not in props and GraphMetadata.decode(props).engine is None
+
+
+def test_props_without_our_prefix_decode_to_none():
+    assert GraphMetadata.decode({"producer": "someone else"}) is None
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("normalization", "x", "metadata normalization is not an object"),
+    ("normalization", {**json.loads(META.encode()[METADATA_PREFIX + "normalization"]), "clip_input_size": "224"},
+     "metadata normalization.clip_input_size is not a positive integer"),
+    ("engine", {"tensorrt_version": "10"}, "metadata engine has other fields than this ssprompt reads"),
+    ("engine", {**json.loads(META.encode()[METADATA_PREFIX + "engine"]), "batch": [1, 8]},
+     "metadata engine.batch is not three positive integers (min, opt, max)"),
+    ("backbones", ["sam"], "metadata backbones is not an object"),
+    ("num_prompts", True, "metadata num_prompts is not a positive integer"),
+    ("precision", "int8", "metadata precision is neither fp32 nor fp16"),
+])
+def test_a_damaged_field_is_refused_by_name(field, value, message):
+    props = {**META.encode(), METADATA_PREFIX + field: json.dumps(value)}
+    with pytest.raises(MetadataError) as raised:
+        GraphMetadata.decode(props)
+    assert str(raised.value) == message
+
+
+def test_a_missing_field_is_named():
+    props = META.encode()
+    del props[METADATA_PREFIX + "mask_size"]
+    with pytest.raises(MetadataError, match=r"\(mask_size\)"):
+        GraphMetadata.decode(props)
