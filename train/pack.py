@@ -13,7 +13,7 @@ joint width.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -74,8 +74,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict) -> Pack:
     """Everything export and evaluation need from a trained model (train/model.py SSPrompt)."""
-    from dataclasses import asdict
-
     def plain(t: torch.Tensor) -> torch.Tensor:
         return t.detach().cpu().clone().contiguous()
 
