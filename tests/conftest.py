@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny backbones and one demo-sized training run, built once per session."""
+"""Shared fixtures: tiny backbones (the pretrained ones) and one demo-sized training run on the
+miniature world, built once per session."""
 
 from __future__ import annotations
 
@@ -22,8 +23,17 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, synthetic_root):
-    """The demo's training settings on the synthetic data: (summary, pack path, cache dir)."""
+def world_root(tmp_path_factory) -> Path:
+    """The demo's generated task (train/world.py), as ssp-demo makes it."""
+    from ssprompt.train.demo import DEMO_WORLD
+    from ssprompt.train.world import make_world
+
+    return make_world(tmp_path_factory.mktemp("data") / "world", **DEMO_WORLD)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, world_root):
+    """The demo's training settings on the demo's task: (summary, pack path, cache dir)."""
     from ssprompt.train.demo import DEMO_SETTINGS
     from ssprompt.train.config import ModelConfig, TrainConfig
     from ssprompt.train.pipeline import train_pack
@@ -31,7 +41,7 @@ def demo_run(tmp_path_factory, synthetic_root):
     work = tmp_path_factory.mktemp("demo")
     s = DEMO_SETTINGS
     config = TrainConfig(
-        data=str(synthetic_root), split="train", val_split="val", shots=s["shots"], epochs=s["epochs"],
+        data=str(world_root), split="train", val_split="val", shots=s["shots"], epochs=s["epochs"],
         optimizer=s["optimizer"], lr=s["lr"], short_side=s["short_side"], cache_dir=str(work / "cache"),
     )
     summary = train_pack(ModelConfig(num_prompts=s["num_prompts"]), config, work / "pack.pt", progress=False,

@@ -2,14 +2,16 @@
 
 SAM comes from segment-anything (`vit_b`, `vit_l`, `vit_h` from a checkpoint file) or the
 built-in `tiny` config; CLIP from open_clip (any model name with a pretrained tag or weights
-file) or the built-in `tiny` config. `tiny` backbones and `random_weights=True` builds are
-random-initialised from a fixed seed, so the same build gives the same weights (and digest)
-in training, evaluation and export.
+file) or the built-in `tiny` config. `tiny` loads the weights ssp-pretrain made on the
+miniature world (train/weights/, checked against their sha256). `random_weights=True` builds
+are random-initialised from a fixed seed, so the same build gives the same weights (and
+digest) in training, evaluation and export.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -26,6 +28,8 @@ __all__ = [
     "Backbones",
     "SAM_BUILDERS",
     "SAM_CHECKPOINT_FILES",
+    "TINY_WEIGHT_FILES",
+    "shipped_tiny_weights",
     "build_sam",
     "build_clip",
     "load_backbones",
@@ -36,6 +40,8 @@ __all__ = [
 
 TINY_CLIP_NAME = "ssp-tiny-clip"
 _CONFIG_DIR = Path(__file__).parent / "configs"
+_WEIGHTS_DIR = Path(__file__).parent / "weights"
+TINY_WEIGHT_FILES = {"sam": "tiny_sam.pt", "clip": "tiny_clip.pt"}  # written by ssp-pretrain, beside tiny.json
 _INIT_SEED = 0
 _TINY_MASK_GAIN = 80.0  # brings the tiny decoder's mask-logit spread to about 3
 
@@ -141,7 +147,7 @@ def _build_tiny_sam_calibrated() -> nn.Module:
 
 
 SAM_BUILDERS: dict[str, Callable[[], nn.Module]] = {
-    "tiny": _build_tiny_sam_calibrated,
+    "tiny": _build_tiny_sam,
     "vit_b": _registry_builder("vit_b"),
     "vit_l": _registry_builder("vit_l"),
     "vit_h": _registry_builder("vit_h"),
@@ -154,13 +160,28 @@ def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
+def shipped_tiny_weights(name: str) -> Path:
+    """The pretrained tiny weights file of `name` (sam or clip), checked against tiny.json's sha256."""
+    path = _WEIGHTS_DIR / TINY_WEIGHT_FILES[name]
+    record_path = _WEIGHTS_DIR / "tiny.json"
+    if not path.is_file() or not record_path.is_file():
+        raise BackboneError(f"{path}: the pretrained tiny {name.upper()} is missing; run "
+                            f"`ssp-pretrain --out {_WEIGHTS_DIR}` or pass --random-weights")
+    expected = json.loads(record_path.read_text(encoding="utf-8"))[name]["sha256"]
+    if file_sha256(path) != expected:
+        raise BackboneError(f"{path}: sha256 differs from {record_path.name}'s; the file is damaged, "
+                            f"reinstall ssprompt or rerun ssp-pretrain --out {_WEIGHTS_DIR}")
+    return path
+
+
 def build_sam(sam_type: str, checkpoint: str | Path | None = None, random_weights: bool = False) -> tuple[nn.Module, str]:
     """Build a frozen SAM.
 
     Arguments:
       sam_type (str): one of SAM_BUILDERS.
-      checkpoint (path or None): segment-anything checkpoint file.
-      random_weights (bool): allow a full-size SAM without a checkpoint (benchmarks, export tests).
+      checkpoint (path or None): segment-anything checkpoint file; tiny defaults to its pretrained weights.
+      random_weights (bool): random-initialise instead (full-size benchmarks and export tests, the
+        random tiny SAM with its heads calibrated as in `_build_tiny_sam_calibrated`).
 
     Returns:
       (nn.Module): segment_anything Sam, eval mode, requires_grad False.
@@ -168,14 +189,17 @@ def build_sam(sam_type: str, checkpoint: str | Path | None = None, random_weight
     """
     if sam_type not in SAM_BUILDERS:
         raise BackboneError(f"unknown SAM type {sam_type!r}; choose one of {', '.join(SAM_BUILDERS)}")
-    if checkpoint is None and sam_type != "tiny" and not random_weights:
+    if checkpoint is None and sam_type == "tiny" and not random_weights:
+        checkpoint = shipped_tiny_weights("sam")
+    if checkpoint is None and not random_weights:
         raise BackboneError(
             f"SAM {sam_type} needs its checkpoint: download {SAM_CHECKPOINT_FILES[sam_type]} "
             "(segment-anything release) and pass it with --sam-checkpoint FILE"
         )
-    sam = _seeded(SAM_BUILDERS[sam_type])
     if checkpoint is None:
+        sam = _seeded(_build_tiny_sam_calibrated if sam_type == "tiny" else SAM_BUILDERS[sam_type])
         return freeze(sam), weights_sha256(sam)
+    sam = _seeded(SAM_BUILDERS[sam_type])
     path = Path(checkpoint)
     if not path.is_file():
         raise BackboneError(f"{path}: SAM checkpoint not found (expected {SAM_CHECKPOINT_FILES.get(sam_type, 'a .pth file')})")
@@ -203,8 +227,9 @@ def build_clip(name: str, pretrained: str | Path | None = None, random_weights: 
 
     Arguments:
       name (str): open_clip model name (e.g. ViT-B-16), or `tiny`.
-      pretrained (str, path or None): open_clip pretrained tag (e.g. openai) or a weights file.
-      random_weights (bool): allow a model without pretrained weights.
+      pretrained (str, path or None): open_clip pretrained tag (e.g. openai) or a weights file;
+        tiny defaults to its pretrained weights.
+      random_weights (bool): random-initialise instead.
 
     Returns:
       (nn.Module): open_clip CLIP, eval mode, requires_grad False.
@@ -220,13 +245,15 @@ def build_clip(name: str, pretrained: str | Path | None = None, random_weights: 
         raise BackboneError(f"unknown CLIP model {name!r}; see open_clip.list_models() or use tiny")
     weights_file: Path | None = None
     quick_gelu = False
+    if name == "tiny" and pretrained is None and not random_weights:
+        pretrained = shipped_tiny_weights("clip")
     if pretrained is not None:
         if Path(pretrained).is_file():
             weights_file = Path(pretrained)
         else:
             weights_file = _cached_clip_weights(model_name, str(pretrained))
             quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, str(pretrained)).get("quick_gelu", False))
-    elif name != "tiny" and not random_weights:
+    elif not random_weights:
         raise BackboneError(
             f"CLIP {name} needs weights: pass --clip-pretrained TAG (one of "
             f"{', '.join(open_clip.list_pretrained_tags_by_model(model_name)) or 'none known'}) or a weights FILE"

@@ -74,7 +74,8 @@ def _backbone_options(fn):
         click.option("--sam-checkpoint", type=click.Path(dir_okay=False), help="segment-anything checkpoint (.pth)."),
         click.option("--clip", "clip_name", default="tiny", show_default=True, help="open_clip model name (e.g. ViT-B-16) or tiny."),
         click.option("--clip-pretrained", help="open_clip pretrained tag (from the local cache) or weights file."),
-        click.option("--random-weights", is_flag=True, help="Allow full-size backbones without weights (benchmarks only)."),
+        click.option("--random-weights", is_flag=True, help="Random-initialised backbones: full-size without a checkpoint, "
+                     "or tiny without its pretrained weights (benchmarks, tests)."),
     ]):
         fn = option(fn)
     return fn
@@ -184,12 +185,15 @@ def eval_command(pack, data, split, void, default_prompts, sam_checkpoint, clip_
 @click.option("--train", "n_train", default=32, show_default=True)
 @click.option("--val", "n_val", default=16, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def synth_command(root, n_train, n_val, seed) -> None:
-    """Generate the synthetic demo dataset (coloured shapes; classes.txt, train/ and val/) in ROOT."""
+@click.option("--world", is_flag=True, help="The miniature world's shifted task (the demo's data) instead of plain shapes.")
+def synth_command(root, n_train, n_val, seed, world) -> None:
+    """Generate a dataset of coloured shapes (classes.txt, train/ and val/) in ROOT."""
     from .synthetic import make_synthetic
+    from .world import make_world
 
-    path = _run(lambda: make_synthetic(root, n_train=n_train, n_val=n_val, seed=seed))
-    click.echo(f"synthetic dataset in {path}")
+    make = make_world if world else make_synthetic
+    path = _run(lambda: make(root, n_train=n_train, n_val=n_val, seed=seed))
+    click.echo(f"{'world' if world else 'synthetic'} dataset in {path}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ __all__ = ["ModelConfig", "TrainConfig", "config_from_dict"]
 @dataclass
 class ModelConfig:
     sam: str = "tiny"  # SAM architecture: tiny, vit_b, vit_l, vit_h
-    sam_checkpoint: str | None = None  # segment-anything checkpoint file (not needed for tiny)
+    sam_checkpoint: str | None = None  # segment-anything checkpoint file (tiny: its pretrained weights when None)
     clip: str = "tiny"  # open_clip model name, or tiny
-    clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (not needed for tiny)
-    random_weights: bool = False  # allow full-size backbones without weights (benchmarks, export tests)
+    clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (tiny: its pretrained weights when None)
+    random_weights: bool = False  # seeded random backbones: full-size without weights, tiny without its pretrained ones
     method: str = "ssprompt"  # the prompt source (prompts.py registry): ssprompt, zero-shot, coop, vspl, ...
     coop_init: str = "a photo of a"  # CoOp: context initialised from these words' embeddings ("" = random)
     coop_context: int = 16  # CoOp: context vectors M when coop_init is ""

@@ -67,9 +67,13 @@ def package_version() -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: readers never see half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save to a temporary file beside `path`, then rename: readers never see half a file.
+
+    Saved through an open file, not a path: given a path, torch names the archive's folder after
+    the (random) temporary name, and equal contents would not give equal files.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict) -> Pack:

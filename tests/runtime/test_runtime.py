@@ -23,8 +23,8 @@ def onnx_model(exported_onnx) -> Path:
 
 
 @pytest.fixture(scope="module")
-def val_images(synthetic_root) -> list[Path]:
-    return sorted((synthetic_root / "val" / "images").iterdir())[:3]
+def val_images(world_root) -> list[Path]:
+    return sorted((world_root / "val" / "images").iterdir())[:3]
 
 
 def test_ssp_run_labels_equal_the_pytorch_model(onnx_model, val_images, demo_run, tmp_path):
@@ -61,10 +61,10 @@ def test_summary_overlays_and_classes(onnx_model, val_images, tmp_path):
     result = CliRunner().invoke(run_command, [str(onnx_model), str(val_images[0].parent), "--out", str(tmp_path), "--overlay", "--quiet"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary["images"]) == 16 and summary["backend"] == "onnxruntime"
+    assert len(summary["images"]) == len(list(val_images[0].parent.iterdir())) and summary["backend"] == "onnxruntime"
     first = summary["images"][0]
-    assert first["height"] == 96 and first["width"] == 128 and first["classes"]
-    assert Image.open(tmp_path / "overlays" / f"{Path(first['file']).stem}.png").size == (128, 96)
+    assert first["height"] == 192 and first["width"] == 256 and first["classes"]
+    assert Image.open(tmp_path / "overlays" / f"{Path(first['file']).stem}.png").size == (256, 192)
 
 
 def test_bad_image_is_skipped_or_fails_by_flag(onnx_model, val_images, tmp_path):

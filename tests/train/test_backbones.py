@@ -7,7 +7,9 @@ from ssprompt.train.dense_clip import DenseClipEncoder, auto_clip_grid
 
 def test_tiny_builds_are_deterministic_and_frozen(tiny_backbones):
     sam, digest = build_sam("tiny")
-    assert digest == tiny_backbones.sam_sha256 == weights_sha256(tiny_backbones.sam)
+    assert digest == tiny_backbones.sam_sha256 and weights_sha256(sam) == weights_sha256(tiny_backbones.sam)
+    random_sam, random_digest = build_sam("tiny", random_weights=True)
+    assert random_digest == build_sam("tiny", random_weights=True)[1] == weights_sha256(random_sam) != digest
     assert not any(p.requires_grad for p in sam.parameters()) and not sam.training
 
 
@@ -21,7 +23,7 @@ def test_sam_checkpoint_file_is_loaded_and_hashed(tmp_path, tiny_backbones):
     torch.save(tiny_backbones.sam.state_dict(), path)
     sam, digest = build_sam("tiny", path)
     assert digest == file_sha256(path)
-    assert weights_sha256(sam) == tiny_backbones.sam_sha256
+    assert weights_sha256(sam) == weights_sha256(tiny_backbones.sam)
 
 
 def test_unreadable_sam_checkpoint_is_one_line_naming_the_file(tmp_path):

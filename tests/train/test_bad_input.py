@@ -29,12 +29,12 @@ def _one_error_line(output: str) -> str:
     return errors[0]
 
 
-def test_3_a_pack_holding_nan_is_refused_by_name(pack, synthetic_root, tmp_path):
+def test_3_a_pack_holding_nan_is_refused_by_name(pack, world_root, tmp_path):
     bad = replace(pack, learned=dict(pack.learned, semantic_embedding=torch.full_like(pack.learned["semantic_embedding"], float("nan"))))
     save_pack(bad, tmp_path / "nan.pt")
     with pytest.raises(PackError, match=r"nan.pt: learned semantic_embedding holds NaN, infinite or non-float values"):
         load_pack(tmp_path / "nan.pt")
-    for command, args in ((eval_command, ["--data", str(synthetic_root), "--split", "val"]),
+    for command, args in ((eval_command, ["--data", str(world_root), "--split", "val"]),
                           (export_command, ["--out", str(tmp_path / "o")])):
         result = CliRunner().invoke(command, ["--prompts", str(tmp_path / "nan.pt"), *args])
         assert result.exit_code == 1
@@ -42,7 +42,7 @@ def test_3_a_pack_holding_nan_is_refused_by_name(pack, synthetic_root, tmp_path)
     assert not (tmp_path / "o").exists()
 
 
-def test_4_a_pack_of_consistent_but_wrong_semantic_width_is_refused_by_name(pack, synthetic_root, tmp_path):
+def test_4_a_pack_of_consistent_but_wrong_semantic_width_is_refused_by_name(pack, world_root, tmp_path):
     def narrow(t):
         return t[..., :32].contiguous()
 
@@ -50,7 +50,7 @@ def test_4_a_pack_of_consistent_but_wrong_semantic_width_is_refused_by_name(pack
                       learned=dict(pack.learned, semantic_embedding=narrow(pack.learned["semantic_embedding"]))),
               tmp_path / "narrow.pt")
     load_pack(tmp_path / "narrow.pt")  # consistent in itself
-    for command, args in ((eval_command, ["--data", str(synthetic_root), "--split", "val"]),
+    for command, args in ((eval_command, ["--data", str(world_root), "--split", "val"]),
                           (export_command, ["--out", str(tmp_path / "o")])):
         result = CliRunner().invoke(command, ["--prompts", str(tmp_path / "narrow.pt"), *args])
         assert result.exit_code == 1
@@ -66,14 +66,14 @@ def test_5_a_palette_outside_0_255_is_refused(pack, tmp_path, palette):
         load_pack(tmp_path / "p.pt")
 
 
-def test_11_a_cache_entry_of_the_wrong_shape_is_recomputed(demo_run, tiny_backbones, synthetic_root, tmp_path):
+def test_11_a_cache_entry_of_the_wrong_shape_is_recomputed(demo_run, tiny_backbones, world_root, tmp_path):
     from ssprompt.train.cache import FeatureCache
     from ssprompt.train.data import open_folder
     from ssprompt.train.model import SSPrompt
     from ssprompt.train.config import ModelConfig
     from ssprompt.train.features import encode_folder, encoder_identity
 
-    folder = open_folder(synthetic_root, "val")
+    folder = open_folder(world_root, "val")
     model = SSPrompt(tiny_backbones, folder.class_names, ModelConfig(num_prompts=16))
     cache = FeatureCache(tmp_path, encoder_identity(model, tiny_backbones))
     want = encode_folder(model, folder, [0], cache, 0, progress=False)[0][0]
@@ -86,8 +86,8 @@ def test_11_a_cache_entry_of_the_wrong_shape_is_recomputed(demo_run, tiny_backbo
     assert torch.load(entry, weights_only=True)["sam"].shape == want.sam.shape  # the bad entry was overwritten
 
 
-def test_14_a_negative_short_side_is_refused(synthetic_root, tmp_path):
-    result = CliRunner().invoke(train_command, ["--data", str(synthetic_root), "--out", str(tmp_path / "p.pt"),
+def test_14_a_negative_short_side_is_refused(world_root, tmp_path):
+    result = CliRunner().invoke(train_command, ["--data", str(world_root), "--out", str(tmp_path / "p.pt"),
                                                 "--short-side", "-5"])
     assert result.exit_code == 2 and "'--short-side': -5 is not in the range x>=0" in result.output
 

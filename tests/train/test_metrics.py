@@ -87,9 +87,9 @@ def _eval_and_run(pack: Path, data: Path, split: str, cache: Path, out: Path) ->
     return evaluated["miou"], written
 
 
-def test_ssp_eval_scores_what_ssp_run_writes_on_generated_data(demo_run, synthetic_root, tmp_path):
+def test_ssp_eval_scores_what_ssp_run_writes_on_generated_data(demo_run, world_root, tmp_path):
     pytest.importorskip("onnxruntime")
-    evaluated, written = _eval_and_run(demo_run[1], synthetic_root, "val", demo_run[2], tmp_path)
+    evaluated, written = _eval_and_run(demo_run[1], world_root, "val", demo_run[2], tmp_path)
     assert abs(evaluated - written) <= 1e-3, (evaluated, written)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ssprompt.train.pack import PACK_FORMAT, PACK_FORMAT_VERSION, Pack, PackError, load_pack, save_pack
+from ssprompt.train.world import TASK_CLASSES
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_pack_round_trips_with_weights_only(tmp_path, pack):
     save_pack(pack, copy)
     again = torch.load(copy, map_location="cpu", weights_only=True)
     assert torch.equal(again["spatial_prompts"], pack.spatial_prompts)
-    assert again["class_names"] == ["background", "red disc", "green square", "blue triangle"]
+    assert again["class_names"] == list(TASK_CLASSES)
     assert again["format_version"] == PACK_FORMAT_VERSION == 3
     assert set(again["learned"]) == {"spatial_embedding", "spatial_weight_logit", "semantic_embedding", "semantic_weight_logit"}
 
