@@ -16,6 +16,7 @@ from PIL import Image
 
 from ssprompt.runtime.cli import bench_command, run_command
 from ssprompt.runtime.contract import METADATA_PREFIX
+from ssprompt.train.world import TASK_CLASSES
 from ssprompt.runtime.files import TEMPORARY_PREFIX, _host, atomic_path, is_temporary, remove_stale_temporaries
 from ssprompt.runtime.images import ImageError, find_images, read_image
 
@@ -73,10 +74,11 @@ def _with_metadata(model: Path, out: Path, **changes) -> Path:
 
 
 def test_5_a_palette_out_of_range_is_refused_before_anything_is_written(exported_onnx, good_image, tmp_path):
-    bad = _with_metadata(exported_onnx, tmp_path / "bad.onnx", palette=[[300, 0, 0]] * 4)
+    classes = len(TASK_CLASSES)  # the demo pack's classes
+    bad = _with_metadata(exported_onnx, tmp_path / "bad.onnx", palette=[[300, 0, 0]] * classes)
     code, output = _run(bad, good_image, "--out", tmp_path / "o", "--overlay")
     assert code == 1 and "Traceback" not in output
-    assert "bad.onnx: metadata palette needs 4 colours of three integers in 0..255" in output
+    assert f"bad.onnx: metadata palette needs {classes} colours of three integers in 0..255" in output
     assert not (tmp_path / "o").exists()
 
 
