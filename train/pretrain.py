@@ -16,7 +16,6 @@ Shapes: B scenes, P points a scene, S SAM's input side, M its mask side, K capti
 from __future__ import annotations
 
 import json
-import logging
 import math
 import platform
 import time
@@ -206,16 +205,11 @@ def pretrain_clip(config: PretrainConfig, progress: bool = True) -> tuple[nn.Mod
     """Train the tiny CLIP contrastively from its seeded initialisation; returns it and the losses."""
     import open_clip
 
-    from .backbones import TINY_CLIP_NAME, _register_tiny_clip, _seeded
+    from .backbones import build_clip
 
-    _register_tiny_clip()
     torch.manual_seed(config.seed)
-    logging.disable(logging.WARNING)  # open_clip warns about the random initialisation we ask for
-    try:
-        clip = _seeded(lambda: open_clip.create_model(TINY_CLIP_NAME))
-    finally:
-        logging.disable(logging.NOTSET)
-    tokenizer = open_clip.get_tokenizer(TINY_CLIP_NAME)
+    clip, tokenizer, _ = build_clip("tiny", random_weights=True)  # the seeded random init, frozen
+    clip.requires_grad_(True)
     side = clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size
     preprocess = getattr(clip.visual, "preprocess_cfg", None) or {}
     mean = torch.tensor(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)).reshape(1, 3, 1, 1)
