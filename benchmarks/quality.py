@@ -1,8 +1,12 @@
-"""Few-shot quality: mIoU of SSPrompt, its ablations and the baselines, per k shots (paper Tables 2, 5, 6, 8).
+"""Few-shot quality: mIoU of SSPrompt, its ablations and the baselines, per k shots (paper Tables 2, 5, 6, 8);
+mask AP and PQ where the held-out split has instance maps (paper Table 4).
 
 Every run is `ssp-train` on the same k-shot draw (same seed, same cached encoder outputs),
 evaluated on the held-out split: zero-shot (default prompts), CoOp, VSPL, SSPrompt, and the
-paper's Table 5 ablations (which of the spatial / semantic embeddings and weights learn).
+paper's Table 5 ablations (which of the spatial / semantic embeddings and weights learn). Where the
+split has instance maps and classes.txt marks things (the miniature world), each method's pack is
+also scored as `ssp-eval` scores it: COCO mask AP and PQ of the runtime's instance and panoptic
+post-processing, at its default thresholds.
 Writes a markdown table and a bar chart (same name, .png).
 
 On the miniature world (pretrained tiny backbones, the shifted task generated into --data):
@@ -92,7 +96,14 @@ def train_and_evaluate(args, settings: dict, shots: int, seed: int, work: Path, 
                          epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          short_side=args.short_side, cache_dir=cache_dir)
     name = "-".join(f"{k}={v}" for k, v in sorted(settings.items()))
-    return train_pack(model_config, config, work / f"{name}-k{shots}-s{seed}.pt", progress=False, log=lambda *_: None)
+    pack = work / f"{name}-k{shots}-s{seed}.pt"
+    summary = train_pack(model_config, config, pack, progress=False, log=lambda *_: None)
+    if settings in METHOD_RUNS.values():
+        from ssprompt.train.pipeline import evaluate_pack
+
+        scored = evaluate_pack(pack, args.data, args.val_split, args.void, cache_dir=cache_dir, progress=False)
+        summary["instances"] = {key: scored[key] for key in ("ap", "pq", "sq", "rq") if key in scored}
+    return summary
 
 
 def cell(values: list[float]) -> str:
@@ -197,6 +208,16 @@ def main() -> None:
                   "Held (yes) when the difference of the means exceeds the larger std over seeds. "
                   "Spatial only and semantic only learn their embedding and weight.", ""]
         lines += table_lines(["ordering", "k", "difference (points)", "larger std", "held"], rows)
+    if all(runs(METHOD_RUNS[m], k)[0].get("instances") for m in methods for k in shots):
+        def score(m: str, k: int, key: str) -> str:
+            values = [r["instances"][key] for r in runs(METHOD_RUNS[m], k)]
+            return "n/a" if None in values else cell(values)
+
+        lines += ["", "## Instance and panoptic segmentation (paper Table 4)", "",
+                  "COCO mask AP over the thing classes and PQ over all classes (%), of the same packs, post-processed "
+                  "as `ssp-run --task instance|panoptic` does at its default thresholds (runtime/instances.py).", ""]
+        lines += table_lines(["method", *(f"{key} {k}-shot" for k in shots for key in ("AP", "PQ"))],
+                             [[m, *(score(m, k, key) for k in shots for key in ("ap", "pq"))] for m in methods])
     class_names = list(runs(METHOD_RUNS[methods[0]], shots[0])[0]["after"]["per_class"])
     lines += ["", f"## Per-class IoU (%), {shots[0]}-shot, seed {seeds[0]}", ""]
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssprompt.runtime.contract import CLASS_IDS, CONFIDENCE, INPUT, IOU, LABELS, MASK_LOGITS, OUTPUTS
+from ssprompt.runtime.contract import CLASS_IDS, CLASS_PROBS, CONFIDENCE, INPUT, IOU, LABELS, MASK_LOGITS, OUTPUTS
 from ssprompt.train.model import SSPrompt, labels_from_semantic, mask_class_logits, semantic_map
 
 from .encoder_attention import swap_encoder_attention
@@ -122,7 +122,7 @@ class ExportGraph(nn.Module):
 
         Returns (in contract.OUTPUTS order):
           labels (B, S, S) int32, confidence (B, S, S) float32, mask_logits (B, N, M, M), iou (B, N),
-          class_ids (B, N) int32.
+          class_ids (B, N) int32, class_probs (B, N, C) float32.
         """
         model = self.model
         sam_embeddings, clip_features = model.encode_images(images)
@@ -130,14 +130,14 @@ class ExportGraph(nn.Module):
         class_logits = mask_class_logits(masks, clip_features, self.semantic, model.logit_scale)
         labels, confidence = labels_from_semantic(semantic_map(masks, iou, class_logits), self.image_size)  # (B, S, S)
         class_ids = class_logits.argmax(dim=-1)
-        return labels.to(torch.int32), confidence, masks, iou, class_ids.to(torch.int32)
+        return labels.to(torch.int32), confidence, masks, iou, class_ids.to(torch.int32), class_logits.softmax(dim=-1)
 
 
 def output_shapes(model: SSPrompt) -> dict[str, tuple[int, ...]]:
     """Every output's shape after the batch axis: what the graph declares and produces."""
     size, mask, prompts = model.image_size, model.mask_size, model.num_prompts
     return {LABELS: (size, size), CONFIDENCE: (size, size), MASK_LOGITS: (prompts, mask, mask), IOU: (prompts,),
-            CLASS_IDS: (prompts,)}
+            CLASS_IDS: (prompts,), CLASS_PROBS: (prompts, len(model.class_names))}
 
 
 def dummy_inputs(image_size: int, batch: int = 1) -> dict[str, torch.Tensor]:
@@ -146,4 +146,4 @@ def dummy_inputs(image_size: int, batch: int = 1) -> dict[str, torch.Tensor]:
     return {INPUT: torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8, generator=generator)}
 
 
-assert OUTPUTS == (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS)  # forward returns in this order
+assert OUTPUTS == (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS, CLASS_PROBS)  # forward returns in this order

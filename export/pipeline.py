@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssprompt.runtime.contract import GraphMetadata
+from ssprompt.runtime.contract import CONTRACT_VERSION, GraphMetadata
 from ssprompt.runtime.files import atomic_folder, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
@@ -60,6 +60,8 @@ def graph_metadata(model, pack: Pack, pack_path: Path, precision: str) -> GraphM
         backbones=pack.backbones,
         precision=precision,
         ssprompt_version=package_version(),
+        contract_version=CONTRACT_VERSION,
+        thing_classes=list(pack.thing_classes),
     )
 
 

@@ -9,8 +9,10 @@ import click
 
 from .backends import BACKENDS
 from .contract import LABELS
+from .instances import InstanceOptions, PanopticOptions
+from .segmenter import TASKS
 
-__all__ = ["run_command", "bench_command"]
+__all__ = ["run_command", "bench_command", "postprocess_options", "options_from"]
 
 _backend = click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
                         help="auto: TensorRT for .plan/.engine, ONNX Runtime for .onnx.")
@@ -19,6 +21,37 @@ _cuda_graph = click.option("--cuda-graph/--no-cuda-graph", default=False, show_d
                                 "captured CUDA graph (faster at batch 1, more memory at large batches).")
 _provider = click.option("--provider", type=click.Choice(["auto", "tensorrt", "cuda", "cpu"]), default="auto", show_default=True,
                          help="ONNX Runtime execution provider (auto: best available; falls back and says which ran).")
+
+
+_POSTPROCESS_OPTIONS = (
+    click.option("--mask-threshold", default=InstanceOptions.mask_threshold, show_default=True,
+                 help="instance, panoptic: mask logit above which a pixel is in (SAM's)."),
+    click.option("--score-threshold", default=InstanceOptions.score_threshold, show_default=True,
+                 help="instance: drop instances scoring at or below (class probability x IoU estimate)."),
+    click.option("--nms-iou", default=InstanceOptions.nms_iou, show_default=True,
+                 help="instance: mask IoU above which the lower-scoring of two instances goes (SAM's AMG)."),
+    click.option("--top-k", default=InstanceOptions.top_k, show_default=True, type=click.IntRange(min=1),
+                 help="instance: instances kept an image."),
+    click.option("--object-threshold", default=PanopticOptions.object_threshold, show_default=True,
+                 help="panoptic: prompts scoring at or below claim no pixels (Mask2Former's)."),
+    click.option("--overlap-threshold", default=PanopticOptions.overlap_threshold, show_default=True,
+                 help="panoptic: share of its own mask a prompt must win to keep its segment (Mask2Former's)."),
+)
+
+
+def postprocess_options(fn):
+    """The instance and panoptic post-processing options (ssp-run, ssp-eval); `options_from` reads them."""
+    for option in reversed(_POSTPROCESS_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def options_from(opts: dict) -> tuple[InstanceOptions, PanopticOptions]:
+    """Pops the post-processing options from a command's keyword arguments (ValueError when out of range)."""
+    instance = InstanceOptions(**{k: opts.pop(k) for k in ("mask_threshold", "score_threshold", "nms_iou", "top_k")})
+    panoptic = PanopticOptions(**{k: opts.pop(k) for k in ("object_threshold", "overlap_threshold")},
+                               mask_threshold=instance.mask_threshold)
+    return instance, panoptic
 
 
 def _user_errors():
@@ -36,19 +69,25 @@ def _user_errors():
 @click.option("--overlay", "with_overlay", is_flag=True, help="Also write colour overlays.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="A bad image: report and skip it, or stop the run.")
+@click.option("--task", type=click.Choice(TASKS), default="semantic", show_default=True,
+              help="semantic: label PNGs; instance: COCO results JSON (RLE masks); panoptic: COCO panoptic PNGs + JSON.")
+@postprocess_options
 @_backend
 @_provider
 @click.option("--quiet", is_flag=True)
-def run_command(model, inputs, out, batch, with_overlay, on_error, backend, provider, quiet) -> None:
-    """Segment images (files or folders) with an exported model: label PNGs, overlays, summary.json."""
+def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend, provider, quiet, **postprocess) -> None:
+    """Segment images (files or folders) with an exported model: label PNGs, COCO instances or COCO panoptic,
+    overlays, summary.json."""
     from .files import terminate_like_interrupt
     from .run import segment_files
 
     terminate_like_interrupt()
 
     try:
+        instance_options, panoptic_options = options_from(postprocess)
         summary = segment_files(model, list(inputs), out, batch, with_overlay, on_error == "skip", backend, provider,
-                                progress=not quiet, log=click.echo)
+                                progress=not quiet, log=click.echo, task=task, instance_options=instance_options,
+                                panoptic_options=panoptic_options)
     except _user_errors() as err:
         raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(f"{len(summary['images'])} images segmented on {summary['backend']} ({summary['device']}), "

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
-__all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "METADATA_PREFIX",
-           "Normalization", "GraphMetadata", "EngineFacts", "MetadataError"]
+__all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "CLASS_PROBS",
+           "CONTRACT_VERSION", "METADATA_PREFIX", "Normalization", "GraphMetadata", "EngineFacts", "MetadataError"]
 
 INPUT = "images"  # (B, S, S, 3) uint8, letterboxed RGB
 LABELS = "labels"  # (B, S, S) int32 class index per pixel of the square input
@@ -22,10 +22,15 @@ CONFIDENCE = "confidence"  # (B, S, S) float32 probability of that class
 MASK_LOGITS = "mask_logits"  # (B, N, M, M) float32 per-prompt mask logits
 IOU = "iou"  # (B, N) float32 per-prompt IoU estimates
 CLASS_IDS = "class_ids"  # (B, N) int32 per-prompt class
-OUTPUTS = (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS)
+CLASS_PROBS = "class_probs"  # (B, N, C) float32 per-prompt class probabilities (contract 2 on)
+OUTPUTS = (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS, CLASS_PROBS)
+# 1: the first five outputs, no thing classes (graphs exported before instance / panoptic segmentation; they still run
+#    semantic segmentation); 2: CLASS_PROBS and `thing_classes`. A graph without the field is a version 1 graph.
+CONTRACT_VERSION = 2
 BATCH_AXIS = "batch"  # the one dynamic axis (axis 0 of every input and output); all others are declared static
 
 METADATA_PREFIX = "ssprompt."
+_OPTIONAL = ("engine", "contract_version", "thing_classes")  # fields an older graph or sidecar may lack
 
 
 class MetadataError(ValueError):
@@ -80,6 +85,13 @@ class GraphMetadata:
     precision: str  # fp32 or fp16
     ssprompt_version: str
     engine: EngineFacts | None = field(default=None)  # engine sidecars only
+    contract_version: int = 1  # CONTRACT_VERSION of the exporter; absent in version 1 graphs
+    thing_classes: list[int] = field(default_factory=list)  # indices of countable classes (instances); the rest are stuff
+
+    @property
+    def has_instances(self) -> bool:
+        """Whether the graph gives what instance and panoptic post-processing read (CLASS_PROBS)."""
+        return self.contract_version >= 2
 
     def encode(self) -> dict[str, str]:
         """metadata_props strings: one JSON value a field, under the prefix; no entry for an absent engine."""
@@ -109,7 +121,7 @@ class GraphMetadata:
                 values[name] = json.loads(text)
             except (TypeError, ValueError):
                 raise MetadataError(f"metadata {METADATA_PREFIX}{name} is not JSON") from None
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "engine"]
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name not in _OPTIONAL]
         if missing:
             raise MetadataError(f"no ssprompt metadata ({', '.join(missing)}); export it with ssp-export")
         for name, kind in (("normalization", Normalization), ("engine", EngineFacts)):
@@ -121,7 +133,7 @@ class GraphMetadata:
                 values[name] = kind(**values[name])
             except TypeError:
                 raise MetadataError(f"metadata {name} has other fields than this ssprompt reads") from None
-        meta = cls(**{f.name: values.get(f.name) for f in fields(cls)})
+        meta = cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
         meta._check()
         return meta
 
@@ -148,6 +160,12 @@ class GraphMetadata:
             value = getattr(norm, name)
             if not (isinstance(value, list) and len(value) == 3 and all(_number(v) for v in value)):
                 raise MetadataError(f"metadata normalization.{name} is not three numbers")
+        if not _positive_int(self.contract_version):
+            raise MetadataError("metadata contract_version is not a positive integer")
+        things = self.thing_classes
+        if not (isinstance(things, list) and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names)
+                                                 for c in things)):
+            raise MetadataError(f"metadata thing_classes is not a list of class indices in 0..{len(names) - 1}")
         if not _positive_int(norm.clip_input_size):
             raise MetadataError("metadata normalization.clip_input_size is not a positive integer")
         engine = self.engine

@@ -1,18 +1,24 @@
-"""Images in, label maps out: letterbox, batch, run, crop, resize back.
+"""Images in, label maps, instances or panoptic segments out: letterbox, batch, run, crop, resize back.
 
-Shapes: B images a batch, H x W an image, S the square input's side.
+Shapes: B images a batch, H x W an image, S the square input's side, N prompts, M the mask side, C classes.
 """
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
 from .backends import ModelError, Runner
-from .contract import INPUT, LABELS, GraphMetadata
+from .contract import CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, GraphMetadata
+from .instances import (InstanceOptions, Instances, Panoptic, PanopticOptions, instances_from_prompts,
+                        panoptic_from_prompts)
 from .postprocess import restore_labels
-from .preprocess import letterbox
+from .preprocess import Letterbox, letterbox
 
-__all__ = ["Segmenter", "check_metadata"]
+__all__ = ["Segmenter", "check_metadata", "TASKS"]
+
+TASKS = ("semantic", "instance", "panoptic")
 
 
 def check_metadata(runner: Runner) -> GraphMetadata:
@@ -32,6 +38,26 @@ class Segmenter:
         self.pad_value = tuple(meta.pad_value)
         self.class_names: list[str] = list(meta.class_names)
         self.palette: list[list[int]] = meta.palette
+        self.thing_classes: list[int] = list(meta.thing_classes)
+        self.has_instances = meta.has_instances
+
+    def check_task(self, task: str) -> None:
+        """A ModelError where the graph cannot give `task`'s results (an older graph, or no thing classes)."""
+        if task not in TASKS:
+            raise ValueError(f"task {task!r}: choose {', '.join(TASKS)}")
+        if task == "semantic":
+            return
+        if not self.has_instances:
+            raise ModelError(f"{self.runner.path}: exported before instance and panoptic outputs (contract version "
+                             f"{self.runner.metadata.contract_version}, no {CLASS_PROBS}); re-export it with ssp-export "
+                             f"to run --task {task}")
+        spec = next((o for o in self.runner.outputs if o.name == CLASS_PROBS), None)
+        if spec is None or spec.shape[-1] != len(self.class_names):
+            raise ModelError(f"{self.runner.path}: metadata says contract version {self.runner.metadata.contract_version} "
+                             f"but the graph has no {CLASS_PROBS} output of {len(self.class_names)} classes; re-export it")
+        if task == "instance" and not self.thing_classes:
+            raise ModelError(f"{self.runner.path}: no class is a thing, so there are no instances; mark countable classes "
+                             "with [thing] in classes.txt and train again")
 
     def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """
@@ -45,3 +71,22 @@ class Segmenter:
         batch = np.stack([square for square, _ in boxed])  # (B, S, S, 3)
         labels = self.runner.infer({INPUT: batch}, [LABELS])[LABELS]  # (B, S, S)
         return [restore_labels(labels[i], placement) for i, (_, placement) in enumerate(boxed)]
+
+    def _prompt_outputs(self, images: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, Letterbox]]:
+        """Each image's (N, M, M) mask logits, (N,) IoU estimates, (N, C) class probabilities and placement."""
+        boxed = [letterbox(image, self.input_size, self.pad_value) for image in images]
+        outputs = self.runner.infer({INPUT: np.stack([square for square, _ in boxed])}, [MASK_LOGITS, IOU, CLASS_PROBS])
+        for i, (_, placement) in enumerate(boxed):
+            yield outputs[MASK_LOGITS][i], outputs[IOU][i], outputs[CLASS_PROBS][i], placement
+
+    def instances(self, images: list[np.ndarray], options: InstanceOptions = InstanceOptions()) -> list[Instances]:
+        """Each image's thing instances at its own size, best first (instances.py)."""
+        self.check_task("instance")
+        return [instances_from_prompts(masks, iou, probs, self.thing_classes, placement, options)
+                for masks, iou, probs, placement in self._prompt_outputs(images)]
+
+    def panoptic(self, images: list[np.ndarray], options: PanopticOptions = PanopticOptions()) -> list[Panoptic]:
+        """Each image's panoptic segmentation at its own size (instances.py)."""
+        self.check_task("panoptic")
+        return [panoptic_from_prompts(masks, iou, probs, self.thing_classes, placement, options)
+                for masks, iou, probs, placement in self._prompt_outputs(images)]

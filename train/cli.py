@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from ssprompt.runtime.cli import options_from, postprocess_options
+
 from .config import ModelConfig, TrainConfig
 from .prompts import PROMPT_SOURCES
 
@@ -44,6 +46,23 @@ def _format_metrics(title: str, metrics: dict | None) -> str:
     lines = [f"{title}: mIoU {100 * metrics['miou']:.1f}  pixel acc {100 * metrics['pixel_accuracy']:.1f}"]
     for name, iou in metrics["per_class"].items():
         lines.append(f"  {name:<20} {'   n/a' if iou is None else f'{100 * iou:6.1f}'}")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "  n/a" if value is None else f"{100 * value:5.1f}"
+
+
+def _format_instance_metrics(metrics: dict) -> str:
+    """Mask AP (things) and PQ / SQ / RQ, overall and per class, in percent."""
+    lines = [f"mask AP {_percent(metrics['ap'])}  AP50 {_percent(metrics['ap50'])}  AP75 {_percent(metrics['ap75'])}",
+             f"PQ {_percent(metrics['pq'])}  SQ {_percent(metrics['sq'])}  RQ {_percent(metrics['rq'])}  "
+             f"(things {_percent(metrics['pq_things'])}, stuff {_percent(metrics['pq_stuff'])})",
+             f"  {'class':<20} {'AP':>5} {'PQ':>5} {'SQ':>5} {'RQ':>5}"]
+    for name, quality in metrics["per_class_pq"].items():
+        quality = quality or {}
+        lines.append(f"  {name:<20} {_percent(metrics['per_class_ap'].get(name))} {_percent(quality.get('pq'))} "
+                     f"{_percent(quality.get('sq'))} {_percent(quality.get('rq'))}")
     return "\n".join(lines)
 
 
@@ -163,21 +182,33 @@ def train_command(**opts) -> None:
 @click.option("--clip-pretrained", help="Default: the tag or path recorded in the pack.")
 @click.option("--cache-dir", default="")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (miou, per_class, ...).")
-def eval_command(pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, cache_dir, device, as_json) -> None:
+@click.option("--instances/--no-instances", default=True, show_default=True,
+              help="Also mask AP and PQ / SQ / RQ, where the data has instance maps and the pack thing classes.")
+@postprocess_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (miou, per_class, ap, pq, sq, rq, ...).")
+def eval_command(pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, cache_dir, device, instances,
+                 as_json, **postprocess) -> None:
     """mIoU and per-class IoU of a prompt pack on a labelled folder: the label maps the exported graph
-    gives (what ssp-run writes), scored at each label's own size."""
+    gives (what ssp-run writes), scored at each label's own size; with instance maps, also COCO mask AP
+    and PQ of what ssp-run --task instance / panoptic writes."""
     from .pipeline import evaluate_pack
 
-    metrics = _run(lambda: evaluate_pack(
-        pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, cache_dir, device,
-        progress=not as_json,
-    ))
+    def job():
+        instance_options, panoptic_options = options_from(postprocess)
+        return evaluate_pack(pack, data, split, void, default_prompts, sam_checkpoint, clip_pretrained, cache_dir, device,
+                             progress=not as_json, instances=instances, instance_options=instance_options,
+                             panoptic_options=panoptic_options)
+
+    metrics = _run(job)
     if as_json:
         click.echo(json.dumps(metrics))
-    else:
-        title = "default prompts (zero-shot)" if metrics["prompts"] == "default" else f"{metrics['method']} prompts"
-        click.echo(_format_metrics(f"{title} on {metrics['data']} ({metrics['images']} images)", metrics))
+        return
+    title = "default prompts (zero-shot)" if metrics["prompts"] == "default" else f"{metrics['method']} prompts"
+    click.echo(_format_metrics(f"{title} on {metrics['data']} ({metrics['images']} images)", metrics))
+    if "pq" in metrics:
+        click.echo(_format_instance_metrics(metrics))
+    elif "instance_note" in metrics:
+        click.echo(metrics["instance_note"])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

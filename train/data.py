@@ -4,7 +4,10 @@ Three layouts are understood (see :func:`open_folder`): a flat folder with
 ``classes.txt`` + ``images/`` + ``labels/``, the same split into ``<split>/``
 sub-folders, and Cityscapes as distributed (``leftImg8bit/`` + ``gtFine/``).
 Labels are single-channel images whose pixel value is the class index; one
-value (``void``) marks pixels ignored in losses and metrics.
+value (``void``) marks pixels ignored in losses and metrics. A class line of
+``classes.txt`` ending in ``[thing]`` marks a countable class (instances; the
+others are stuff), and an optional ``instances/`` folder beside ``labels/``
+holds instance-id maps (0: no instance), as Cityscapes' ``*_gtFine_instanceIds.png``.
 
 Only numpy, Pillow and tqdm are needed here, so the module imports without torch.
 
@@ -34,6 +37,8 @@ __all__ = [
     "open_folder",
     "read_image",
     "read_label",
+    "read_instances",
+    "THING_MARKER",
     "resize_label",
     "sample_k_shot",
     "short_side_size",
@@ -64,6 +69,9 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
 
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 _CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
+_CITYSCAPES_INSTANCE_SUFFIX = "_gtFine_instanceIds.png"  # labelId * 1000 + k on thing instances, labelId elsewhere
+_CITYSCAPES_THINGS = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+THING_MARKER = "[thing]"  # ends a classes.txt line of a countable class
 _EXIF_ORIENTATION = 0x0112
 _LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -84,6 +92,7 @@ class Sample:
 
     image: Path
     label: Path
+    instances: Path | None = None  # instance-id map, where the dataset has one
 
 
 @dataclass
@@ -101,6 +110,7 @@ class SegmentationFolder:
     samples: list[Sample]
     split: str | None = None
     location: Path | None = field(default=None)
+    thing_classes: list[int] = field(default_factory=list)  # indices of countable classes
 
     def __post_init__(self) -> None:
         if self.location is None:
@@ -155,7 +165,7 @@ def open_folder(root: str | Path, split: str | None = None, void: int = 255) -> 
             f"{root}: missing classes.txt (expected {classes_file}, one class name a line)"
         )
 
-    class_names = _read_classes(classes_file)
+    class_names, thing_classes = _read_classes(classes_file)
     _check_void(void, class_names, classes_file)
 
     if split is None:
@@ -187,13 +197,20 @@ def open_folder(root: str | Path, split: str | None = None, void: int = 255) -> 
         raise DataError(f"{images_dir}: no images found (extensions {_extensions_text()})")
     # One directory listing instead of a stat per image; case-insensitive ".png".
     labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
+    instances_dir = location / "instances"
+    instances = {p.stem: p for p in instances_dir.iterdir() if p.suffix.lower() == ".png"} if instances_dir.is_dir() else None
     samples = []
     for image in images:
         label = labels.get(image.stem)
         if label is None:
             expected = labels_dir / f"{image.stem}.png"
             raise DataError(f"{image}: image has no label (expected {expected})")
-        samples.append(Sample(image=image, label=label))
+        instance = None
+        if instances is not None:
+            instance = instances.get(image.stem)
+            if instance is None:
+                raise DataError(f"{image}: image has no instance map (expected {instances_dir / (image.stem + '.png')})")
+        samples.append(Sample(image=image, label=label, instances=instance))
     return SegmentationFolder(
         root=root,
         class_names=class_names,
@@ -201,6 +218,7 @@ def open_folder(root: str | Path, split: str | None = None, void: int = 255) -> 
         samples=samples,
         split=split,
         location=location,
+        thing_classes=thing_classes,
     )
 
 
@@ -232,7 +250,8 @@ def _open_cityscapes(root: Path, split: str | None) -> SegmentationFolder:
         label = labels_root / image.parent.name / (stem + _CITYSCAPES_LABEL_SUFFIX)
         if not label.is_file():
             raise DataError(f"{image}: image has no label (expected {label})")
-        samples.append(Sample(image=image, label=label))
+        instances = labels_root / image.parent.name / (stem + _CITYSCAPES_INSTANCE_SUFFIX)
+        samples.append(Sample(image=image, label=label, instances=instances if instances.is_file() else None))
     return SegmentationFolder(
         root=root,
         class_names=list(CITYSCAPES_CLASSES),
@@ -240,23 +259,33 @@ def _open_cityscapes(root: Path, split: str | None) -> SegmentationFolder:
         samples=samples,
         split=split,
         location=images_root,
+        thing_classes=[CITYSCAPES_CLASSES.index(name) for name in _CITYSCAPES_THINGS],
     )
 
 
-def _read_classes(path: Path) -> list[str]:
+def _read_classes(path: Path) -> tuple[list[str], list[int]]:
+    """Class names in index order, and the indices of the lines marked [thing]."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read classes ({error_reason(err)})") from err
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
         raise DataError(f"{path}: classes.txt is empty (expected one class name a line)")
+    names, things = [], []
+    for line in lines:
+        if line.endswith(THING_MARKER):
+            line = line[: -len(THING_MARKER)].strip()
+            if not line:
+                raise DataError(f"{path}: a {THING_MARKER} line without a class name")
+            things.append(len(names))
+        names.append(line)
     seen: set[str] = set()
     for name in names:
         if name in seen:
             raise DataError(f"{path}: duplicate class name {name!r}")
         seen.add(name)
-    return names
+    return names, things
 
 
 def _check_void(void: int, class_names: list[str], classes_file: Path) -> None:
@@ -375,6 +404,36 @@ def read_label(sample: Sample, num_classes: int, void: int) -> np.ndarray:
             f"and are not void {void}"
         )
     return values.astype(np.uint8, copy=values.dtype != np.uint8)
+
+
+def read_instances(sample: Sample) -> np.ndarray | None:
+    """The sample's instance-id map, (H, W) int32 with 0 where no instance is, or None where it has none.
+
+    A Cityscapes ``*_gtFine_instanceIds.png`` keeps only its instance ids (labelId * 1000 + k);
+    its smaller values are class ids of pixels outside any instance, read as 0.
+
+    Raises:
+        DataError: unreadable or multi-channel map, or a size other than the image's.
+    """
+    path = sample.instances
+    if path is None:
+        return None
+    try:
+        with runtime_images.open_image(path, "instance map") as im:
+            mode, size = im.mode, im.size
+            values = np.asarray(im) if mode in _LABEL_MODES else None
+    except runtime_images.ImageError as err:
+        raise DataError(str(err)) from err
+    if values is None:
+        raise DataError(f"{path}: instance map is {mode}; expected a single-channel PNG of instance ids (L, I;16 or I)")
+    image_size = _image_size(sample.image)
+    if size != image_size:
+        raise DataError(f"{path}: instance map size {size[0]}x{size[1]} differs from image size "
+                        f"{image_size[0]}x{image_size[1]} ({sample.image.name})")
+    values = values.astype(np.int32)
+    if path.name.endswith(_CITYSCAPES_INSTANCE_SUFFIX):
+        values[values < 1000] = 0
+    return values
 
 
 def class_presence(folder: SegmentationFolder, progress: bool = True) -> np.ndarray:

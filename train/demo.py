@@ -27,12 +27,13 @@ DEMO_WORLD = {"n_train": 48, "n_val": 32}  # images of the generated task (train
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False), help="Folder for everything the demo makes.")
 @click.option("--quiet", is_flag=True)
 def demo_command(out, quiet) -> None:
-    """The whole chain on the embedded default: generate data → train → export → ssp-run → ssp-bench."""
+    """The whole chain on the embedded default: generate data → train → export → ssp-run (semantic and
+    panoptic) → ssp-bench; held-out mIoU, mask AP and PQ of the default and the learned prompts."""
     from ssprompt.export.pipeline import export_pack
     from ssprompt.runtime.files import write_text_atomic
     from ssprompt.runtime.run import segment_files
 
-    from .pipeline import train_pack
+    from .pipeline import evaluate_pack, train_pack
     from .world import make_world
 
     out = Path(out)
@@ -51,8 +52,10 @@ def demo_command(out, quiet) -> None:
         click.echo("[3/4] exporting one ONNX graph (parity-gated)")
         exported = export_pack(out / "pack.pt", out / "model", force=True, log=click.echo)
         val_images = sorted((data / "val" / "images").iterdir())[:4]
-        click.echo("[4/4] ssp-run on 4 held-out images, then ssp-bench")
+        click.echo("[4/4] ssp-run on 4 held-out images (semantic and panoptic), then ssp-bench")
         segment_files(exported.onnx, val_images, out / "run", batch=2, with_overlay=True, progress=not quiet, log=click.echo)
+        segment_files(exported.onnx, val_images, out / "panoptic", batch=2, with_overlay=True, progress=not quiet,
+                      log=click.echo, task="panoptic")
         # ssp-bench in its own process, as on an edge box: torch-free, and its peak RSS is the runtime's alone.
         bench = [str(exported.onnx), "--batch", "1,2", "--warmup", "1", "--iters", "5", "--markdown", str(out / "bench.md"),
                  "--plot", str(out / "latency.png"), "--quiet"]
@@ -60,12 +63,20 @@ def demo_command(out, quiet) -> None:
                        check=True, stdout=subprocess.DEVNULL)
         summary["export"] = {"seconds": exported.seconds, "onnx_mib": exported.onnx_bytes / 2**20,
                              "parity": exported.parity.describe()}
+        summary["instances"] = {  # the held-out split's instance maps: mask AP and PQ, as ssp-eval scores them
+            prompts: {key: value for key, value in evaluate_pack(out / "pack.pt", data, "val", cache_dir=str(out / "cache"),
+                                                                default_prompts=prompts == "default", progress=False).items()
+                      if key in ("ap", "pq", "pq_things", "pq_stuff")}
+            for prompts in ("default", "learned")}
         return summary
 
     summary = _run(job)
     _print_summary(summary)
     click.echo(_format_metrics("default prompts (zero-shot)", summary["before"]))
     click.echo(_format_metrics("learned prompts", summary["after"]))
+    for prompts, scores in summary["instances"].items():
+        click.echo(f"{prompts} prompts: mask AP {100 * scores['ap']:.1f}, PQ {100 * scores['pq']:.1f} "
+                   f"(things {100 * scores['pq_things']:.1f}, stuff {100 * scores['pq_stuff']:.1f})")
     click.echo(f"\n{out}/: pack.pt, weights.png (fusion weights), model/model.onnx, run/overlays/*.png, "
-               "run/labels/*.png, bench.md + latency.png, summary.json")
+               "run/labels/*.png, panoptic/overlays/*.png (one colour an object), bench.md + latency.png, summary.json")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))

@@ -1,28 +1,31 @@
-"""Evaluation: the label maps the exported graph produces, scored against the labels (mIoU).
+"""Evaluation: the label maps the exported graph produces, scored against the labels (mIoU); and its
+instances and panoptic segments, post-processed as the runtime does, scored as COCO does (mask AP, PQ).
 
 A prediction takes the shipped path: the graph's head (`model.labels_from_semantic`: the semantic
 map resized to the square input, then the most probable class), then the runtime's
 post-processing (`runtime.postprocess.restore_labels`: the padding cropped, nearest resize to the
-label's size). ssp-eval's mIoU is the mIoU of the label maps ssp-run writes.
+label's size). ssp-eval's mIoU is the mIoU of the label maps ssp-run writes; likewise its AP and PQ
+score what `ssp-run --task instance|panoptic` writes (`runtime.instances`).
 
 Shapes: C classes, H x W a label's size, S the square input's side.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssprompt.runtime.instances import InstanceOptions, PanopticOptions, instances_from_prompts, panoptic_from_prompts
 from ssprompt.runtime.postprocess import restore_labels
 from ssprompt.runtime.preprocess import Letterbox
 
 from .features import Features
 from .model import SSPrompt, labels_from_semantic
 
-__all__ = ["evaluate", "confusion_matrix", "metrics_from_confusion"]
+__all__ = ["evaluate", "evaluate_instances", "confusion_matrix", "metrics_from_confusion"]
 
 
 @torch.no_grad()
@@ -39,6 +42,43 @@ def evaluate(model: SSPrompt, items: Sequence[Features], num_classes: int, void:
             placement = Letterbox(model.image_size, feats.extent[0], feats.extent[1], *truth.shape)
             confusion += confusion_matrix(truth, restore_labels(square, placement), num_classes, void)
     return metrics_from_confusion(confusion, model.class_names)
+
+
+@torch.no_grad()
+def evaluate_instances(model: SSPrompt, items: Sequence[Features], instance_map: Callable[[int], np.ndarray], things: Sequence[int],
+                       void: int, batch_size: int = 4, instance_options: InstanceOptions = InstanceOptions(),
+                       panoptic_options: PanopticOptions = PanopticOptions(), progress: bool = False) -> dict:
+    """COCO mask AP of the thing instances and PQ / SQ / RQ of the panoptic segments, over `items`.
+
+    Arguments:
+      instance_map: item index -> its (H, W) instance ids (0: no instance), at its label's size; read as
+        needed, so a large split's maps are never all in memory.
+
+    Returns:
+      ap, ap50, ap75, pq, sq, rq, pq_things, pq_stuff (fractions; None where nothing counts) and
+      per_class_ap, per_class_pq.
+    """
+    from .instance_metrics import MaskAP, PanopticQuality, Segments, ground_truth_segments
+
+    names = list(model.class_names)
+    ap, pq = MaskAP(names, things), PanopticQuality(names, things)
+    for start in tqdm(range(0, len(items), batch_size), desc="instances", disable=not progress):
+        batch = items[start:start + batch_size]
+        out = model(torch.stack([f.sam for f in batch]), torch.stack([f.clip for f in batch]))
+        masks, iou = out.masks.float().cpu().numpy(), out.iou.float().cpu().numpy()  # (B, N, M, M), (B, N)
+        probs = out.class_logits.float().softmax(dim=-1).cpu().numpy()  # (B, N, C): the graph's CLASS_PROBS
+        for i, feats in enumerate(batch):
+            truth_labels = feats.label.cpu().numpy()
+            truth = ground_truth_segments(truth_labels, instance_map(start + i), things, void)
+            placement = Letterbox(model.image_size, feats.extent[0], feats.extent[1], *truth_labels.shape)
+            found = instances_from_prompts(masks[i], iou[i], probs[i], things, placement, instance_options)
+            ap.update(truth, found.masks, found.classes.tolist(), found.scores.tolist())
+            panoptic = panoptic_from_prompts(masks[i], iou[i], probs[i], things, placement, panoptic_options)
+            pq.update(truth, Segments(panoptic.ids, {s["id"]: s["class"] for s in panoptic.segments}))
+    mask_ap, quality = ap.compute(), pq.compute()
+    return {"ap": mask_ap["ap"], "ap50": mask_ap["ap50"], "ap75": mask_ap["ap75"], "pq": quality["pq"], "sq": quality["sq"],
+            "rq": quality["rq"], "pq_things": quality["pq_things"], "pq_stuff": quality["pq_stuff"],
+            "per_class_ap": mask_ap["per_class"], "per_class_pq": quality["per_class"]}
 
 
 def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int, void: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -54,6 +54,7 @@ class Pack:
     image_size: int = 0  # S, SAM's square input (0: not recorded, as in version 1 packs)
     clip_input_size: int = 0  # the side CLIP sees
     ssprompt_version: str = field(default="0+unknown")
+    thing_classes: list[int] = field(default_factory=list)  # countable classes (classes.txt's [thing]); none in older packs
 
 
 _TENSORS = ("spatial_prompts", "semantic_prompts", "default_spatial", "default_semantic", "grid_points")
@@ -76,7 +77,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, f)
 
 
-def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict) -> Pack:
+def build_pack(model, backbones, palette: list[list[int]], void: int, train_config: dict, metrics: dict,
+               thing_classes: Sequence[int] = ()) -> Pack:
     """Everything export and evaluation need from a trained model (train/model.py SSPrompt)."""
     def plain(t: torch.Tensor) -> torch.Tensor:
         return t.detach().cpu().clone().contiguous()
@@ -100,6 +102,7 @@ def build_pack(model, backbones, palette: list[list[int]], void: int, train_conf
             image_size=int(model.image_size),
             clip_input_size=int(model.clip_input_size),
             ssprompt_version=package_version(),
+            thing_classes=sorted(int(c) for c in thing_classes),
         )
 
 
@@ -196,6 +199,10 @@ def _check_values(path: Path, pack: Pack) -> None:
             raise PackError(f"{path}: palette colour {i} is {brief(colour)}; a colour is three integers in 0..255")
     if not isinstance(pack.void, int) or isinstance(pack.void, bool) or not 0 <= pack.void <= 65535:
         raise PackError(f"{path}: void must be an integer label value, got {brief(pack.void)}")
+    things = pack.thing_classes
+    if not (isinstance(things, list) and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names)
+                                             for c in things)):
+        raise PackError(f"{path}: thing_classes must be class indices in 0..{len(names) - 1}, got {brief(things)}")
 
 
 def _check_tensors(path: Path, pack: Pack) -> None:

@@ -8,18 +8,19 @@ from pathlib import Path
 
 import torch
 
+from ssprompt.runtime.instances import InstanceOptions, PanopticOptions
 from ssprompt.runtime.palette import default_palette
 
 from .backbones import BackboneError, load_backbones
 from .cache import FeatureCache, default_cache_dir
 from .config import ModelConfig, TrainConfig, config_from_dict
-from .data import class_presence, open_folder, sample_k_shot
+from .data import class_presence, open_folder, read_instances, sample_k_shot
 from .model import SSPrompt
 from .pack import Pack, PackError, build_pack, check_pack_fits, load_pack, save_pack
 from .prompts import PROMPT_SOURCES
 from .features import encode_folder, encoder_identity
 from .loop import TrainResult, train_prompts
-from .metrics import evaluate
+from .metrics import evaluate, evaluate_instances
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
 
@@ -101,7 +102,8 @@ def train_pack(
         "miou": after["miou"] if after else None,
         "per_class": after["per_class"] if after else None,
     }
-    pack = build_pack(model, backbones, default_palette(folder.num_classes), folder.void, asdict(config), metrics)
+    pack = build_pack(model, backbones, default_palette(folder.num_classes), folder.void, asdict(config), metrics,
+                      folder.thing_classes)
     save_pack(pack, out)
     checkpoint.unlink(missing_ok=True)
     if weights_plot and "semantic_weight_logit" not in pack.learned:
@@ -192,9 +194,14 @@ def evaluate_pack(
     cache_dir: str = "",
     device: str = "auto",
     progress: bool = True,
+    instances: bool = True,
+    instance_options: InstanceOptions = InstanceOptions(),
+    panoptic_options: PanopticOptions = PanopticOptions(),
 ) -> dict:
     """mIoU and per-class IoU of a pack (or of its backbones' default prompts) on a folder, scored on the
-    label maps the exported graph gives, at each label's own size (train/metrics.py)."""
+    label maps the exported graph gives, at each label's own size (train/metrics.py). Where the folder
+    has instance maps and the pack thing classes (and `instances` is on), also mask AP and PQ / SQ / RQ
+    of what the runtime's instance and panoptic post-processing make of the graph's outputs."""
     pack = load_pack(pack_path)
     void = pack.void if void is None else void
     folder = open_folder(data, split, void)
@@ -206,4 +213,13 @@ def evaluate_pack(
     metrics = evaluate(model, items, folder.num_classes, void, progress=progress)
     metrics.update({"images": len(items), "prompts": "default" if default_prompts else "learned",
                     "method": model.config.method, "data": str(folder.location)})
+    missing = sum(sample.instances is None for sample in folder.samples)
+    if instances and not pack.thing_classes:
+        metrics["instance_note"] = "no mask AP or PQ: the pack has no thing classes (mark them [thing] in classes.txt)"
+    elif instances and missing:
+        metrics["instance_note"] = f"no mask AP or PQ: {missing} of {len(folder)} images have no instance map"
+    elif instances:
+        metrics.update(evaluate_instances(model, items, lambda i: read_instances(folder.samples[i]), pack.thing_classes,
+                                          void, instance_options=instance_options, panoptic_options=panoptic_options,
+                                          progress=progress))
     return metrics

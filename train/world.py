@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ssprompt.runtime.files import write_text_atomic
+
+from .data import THING_MARKER
 from .synthetic import _dilate, _shape_mask
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "TEXTURES",
     "CONDITIONS",
     "TASK_CLASSES",
+    "TASK_THINGS",
     "Thing",
     "Scene",
     "draw_things",
@@ -52,7 +56,8 @@ CONDITIONS: tuple[str, ...] = ("fog", "night", "noise")  # the downstream shifts
 
 # The downstream task: background plus four colour-and-shape pairs; every other pair is clutter.
 TASK_CLASSES: tuple[str, ...] = ("background", "red disc", "green square", "blue triangle", "yellow disc")
-_TASK_PAIRS = [tuple(name.split()) for name in TASK_CLASSES[1:]]
+TASK_THINGS: tuple[str, ...] = TASK_CLASSES[1:]  # countable; background is stuff
+_TASK_PAIRS = [tuple(name.split()) for name in TASK_THINGS]
 _CLUTTER_PAIRS = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in _TASK_PAIRS]
 
 _GREY = (122, 120, 114)
@@ -210,16 +215,23 @@ def make_world(root: str | Path, n_train: int = 48, n_val: int = 32, size: tuple
                void: int = 255) -> Path:
     """Write the downstream task in the split layout understood by ``open_folder``.
 
-    Layout: ``root/classes.txt`` and ``root/{train,val}/{images,labels,instances}/NNNN.png``;
+    Layout: ``root/classes.txt`` (the four task pairs marked ``[thing]``) and
+    ``root/{train,val}/{images,labels,instances}/NNNN.png``;
     labels hold a class index per pixel (``void`` on object borders), instances an instance
     id per pixel (0 background and clutter, 255 void). Files are generated in
-    ``root.tmp-<pid>`` and renamed into place; an existing world is returned untouched.
+    ``root.tmp-<pid>`` and renamed into place; an existing world is returned untouched (one
+    written before classes.txt marked things gets the markers: its files are the same).
 
     Raises:
         FileExistsError: ``root`` exists, is not empty and is not this world.
     """
     root = Path(root)
-    if (root / "classes.txt").is_file() and (root / "classes.txt").read_text(encoding="utf-8").split("\n")[:-1] == list(TASK_CLASSES):
+    classes = "".join(f"{name} {THING_MARKER}\n" if name in TASK_THINGS else f"{name}\n" for name in TASK_CLASSES)
+    found = (root / "classes.txt").read_text(encoding="utf-8") if (root / "classes.txt").is_file() else None
+    if found == classes:
+        return root
+    if found == "".join(f"{name}\n" for name in TASK_CLASSES):  # a world written before the [thing] markers
+        write_text_atomic(root / "classes.txt", classes)
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root}: exists and is not a generated world (no classes.txt listing {', '.join(TASK_CLASSES)})")
@@ -227,7 +239,7 @@ def make_world(root: str | Path, n_train: int = 48, n_val: int = 32, size: tuple
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        (tmp / "classes.txt").write_text("\n".join(TASK_CLASSES) + "\n", encoding="utf-8")
+        (tmp / "classes.txt").write_text(classes, encoding="utf-8")
         for index, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             rng = np.random.default_rng([seed, 1000 + index])
             for kind in ("images", "labels", "instances"):

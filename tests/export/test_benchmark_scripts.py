@@ -74,8 +74,21 @@ def test_quality_script_writes_method_ablation_and_class_tables(synthetic_root, 
     assert len(ablations) == 1 + 6 and ablations[-1][:4] == ["✓"] * 4
     assert ablations[-1][4:] == methods[-1][1:]  # the full ablation row is the SSPrompt run itself
     assert [row[0] for row in per_class[1:]] == ["background", "red disc", "green square", "blue triangle"]
+    assert "Instance and panoptic" not in out.read_text()  # plain shapes have no instance maps
     assert all(0 <= float(v) <= 100 for row in methods[1:] for v in row[1:])
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_script_adds_ap_and_pq_where_the_data_has_instances(world_root, tmp_path):
+    out = tmp_path / "quality.md"
+    _run("quality.py", TINY + ["--data", str(world_root), "--methods", "zero-shot,SSPrompt", "--no-ablations",
+                               "--shots", "1", "--epochs", "1", "--optimizer", "adamw", "--lr", "0.02", "--short-side", "0"],
+         out)
+    methods, instances, _ = _tables(out)
+    assert "## Instance and panoptic segmentation (paper Table 4)" in out.read_text()
+    assert instances[0] == ["method", "AP 1-shot", "PQ 1-shot"]
+    assert [row[0] for row in instances[1:]] == ["zero-shot", "SSPrompt"]
+    assert all(0 < float(v) <= 100 for row in instances[1:] for v in row[1:])
 
 
 def test_an_ordering_holds_only_beyond_the_larger_std():

@@ -70,11 +70,13 @@ def test_export_graph_computes_what_the_trained_model_computes(torch_graph, pack
     model, _ = model_from_pack(load_pack(pack_path), device="cpu")
     images = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8))
     with torch.no_grad():
-        labels, _, masks, iou, _ = torch_graph(images)
+        labels, _, masks, iou, class_ids, class_probs = torch_graph(images)
         pred = model(*model.encode(images))
         expected = torch.nn.functional.interpolate(pred.semantic, size=(256, 256), mode="bilinear", align_corners=False).argmax(1)
     torch.testing.assert_close(masks, pred.masks, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(iou, pred.iou, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(class_probs, pred.class_logits.softmax(dim=-1), atol=1e-5, rtol=1e-5)
+    assert torch.equal(class_ids.long(), class_probs.argmax(dim=-1))
     assert (labels == expected).float().mean() > 0.999
 
 
@@ -115,14 +117,15 @@ def test_fp16_export_keeps_only_the_listed_ops_in_fp32(fp16_export):
             assert types.get(node.input[0]) == onnx.TensorProto.FLOAT, node.name
     assert {"MatMul", "Softmax", "LayerNormalization"} <= seen and any(n.op_type in KEEP_FP32 for n in model.graph.node)
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [
-        onnx.TensorProto.INT32, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.INT32]
+        onnx.TensorProto.INT32, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT, onnx.TensorProto.INT32,
+        onnx.TensorProto.FLOAT]
 
 
 def test_every_axis_but_the_batch_is_declared_static_and_matches_the_outputs(fp32_export):
     session = ort.InferenceSession(str(fp32_export.onnx), providers=["CPUExecutionProvider"])
     declared = {o.name: o.shape for o in session.get_outputs()}
     assert declared == {"labels": ["batch", 256, 256], "confidence": ["batch", 256, 256], "mask_logits": ["batch", 64, 64, 64],
-                        "iou": ["batch", 64], "class_ids": ["batch", 64]}
+                        "iou": ["batch", 64], "class_ids": ["batch", 64], "class_probs": ["batch", 64, 5]}
     outputs = session.run(None, {INPUT: np.zeros((2, 256, 256, 3), np.uint8)})
     for output, array in zip(session.get_outputs(), outputs):
         assert list(array.shape) == [2, *declared[output.name][1:]]
@@ -138,6 +141,7 @@ def test_metadata_round_trips(fp32_export, pack_path):
     assert meta.pack_sha256 == file_sha256(pack_path)
     assert meta.backbones["sam_sha256"] == pack.backbones["sam_sha256"]
     assert meta.precision == "fp32" and len(meta.normalization.sam_mean) == 3 and meta.engine is None
+    assert meta.contract_version == 2 and meta.thing_classes == pack.thing_classes == [1, 2, 3, 4]
 
 
 def test_triton_config_parses_and_names_the_real_io(fp32_export):

@@ -12,7 +12,7 @@ META = GraphMetadata(
     pad_value=[124, 116, 104], normalization=Normalization([123.7, 116.3, 103.5], [58.4, 57.1, 57.4],
                                                              [0.48, 0.46, 0.41], [0.27, 0.26, 0.28], 224),
     pack_sha256="ab12", backbones={"sam": "tiny", "clip": "tiny"}, precision="fp16", ssprompt_version="0.1.0",
-    engine=EngineFacts("10.8.0", "NVIDIA H200", [1, 4, 8], "cd34"),
+    engine=EngineFacts("10.8.0", "NVIDIA H200", [1, 4, 8], "cd34"), contract_version=2, thing_classes=[1],
 )
 
 
@@ -42,6 +42,8 @@ def test_props_without_our_prefix_decode_to_none():
     ("backbones", ["sam"], "metadata backbones is not an object"),
     ("num_prompts", True, "metadata num_prompts is not a positive integer"),
     ("precision", "int8", "metadata precision is neither fp32 nor fp16"),
+    ("thing_classes", [2], "metadata thing_classes is not a list of class indices in 0..1"),
+    ("contract_version", 0, "metadata contract_version is not a positive integer"),
 ])
 def test_a_damaged_field_is_refused_by_name(field, value, message):
     props = {**META.encode(), METADATA_PREFIX + field: json.dumps(value)}
@@ -55,3 +57,11 @@ def test_a_missing_field_is_named():
     del props[METADATA_PREFIX + "mask_size"]
     with pytest.raises(MetadataError, match=r"\(mask_size\)"):
         GraphMetadata.decode(props)
+
+
+def test_a_graph_from_before_instances_reads_as_contract_1_without_things():
+    props = META.encode()
+    del props[METADATA_PREFIX + "contract_version"], props[METADATA_PREFIX + "thing_classes"]
+    meta = GraphMetadata.decode(props)
+    assert (meta.contract_version, meta.thing_classes, meta.has_instances) == (1, [], False)
+    assert GraphMetadata.decode(META.encode()).has_instances

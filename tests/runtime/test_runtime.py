@@ -144,7 +144,7 @@ for name in ("torch", "segment_anything", "open_clip", "torchvision"):
     sys.modules[name] = None  # any import of these now raises ImportError
 from ssprompt.runtime.cli import bench_command, run_command
 code = 0
-for command, args in ((run_command, {run}), (bench_command, {bench})):
+for command, args in ((run_command, {run}), (run_command, {instance}), (bench_command, {bench})):
     try:
         command.main(args, standalone_mode=False)
     except SystemExit as exit_:
@@ -157,10 +157,12 @@ sys.exit(code)
 def test_runtime_runs_where_torch_cannot_be_imported(onnx_model, val_images, tmp_path):
     run_args = [str(onnx_model), str(val_images[0]), "--out", str(tmp_path / "o"), "--overlay", "--quiet"]
     bench_args = [str(onnx_model), "--batch", "1", "--warmup", "0", "--iters", "1", "--quiet"]
-    script = TORCH_BLOCKED.format(run=repr(run_args), bench=repr(bench_args))
+    instance_args = [str(onnx_model), str(val_images[0]), "--out", str(tmp_path / "i"), "--task", "instance", "--quiet"]
+    script = TORCH_BLOCKED.format(run=repr(run_args), instance=repr(instance_args), bench=repr(bench_args))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "o" / "labels" / f"{val_images[0].stem}.png").is_file()
+    assert (tmp_path / "i" / "instances.json").is_file()
 
 
 def test_requested_gpu_provider_that_is_absent_falls_back_in_one_line(onnx_model, monkeypatch):

@@ -16,6 +16,7 @@ from ssprompt.train.data import (
     class_presence,
     open_folder,
     read_image,
+    read_instances,
     read_label,
     resize_label,
     sample_k_shot,
@@ -522,3 +523,53 @@ def test_camvid_train_split() -> None:
     indices = sample_k_shot(folder, 1, presence=presence)
     assert presence[indices].any(axis=0).all()
     assert indices == sample_k_shot(folder, 1, presence=presence)
+
+
+# --------------------------------------------------------------------------- things and instances
+
+
+def test_thing_marker_sets_the_countable_classes_and_leaves_the_names_clean(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", classes=("sky", "road", "car [thing]"))
+    folder = open_folder(root)
+    assert folder.class_names == ["sky", "road", "car"] and folder.thing_classes == [2]
+    assert open_folder(_flat_folder(tmp_path / "e")).thing_classes == []
+
+
+def test_a_marker_without_a_name_is_refused(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", classes=("sky", "[thing]"))
+    with pytest.raises(DataError, match=r"classes.txt: a \[thing\] line without a class name"):
+        open_folder(root)
+
+
+def test_instance_maps_pair_with_their_images_and_read_as_ids(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", stems=("a", "b"))
+    ids = np.zeros((8, 16), dtype=np.uint8)
+    ids[2:4, 3:6] = 7
+    for stem in ("a", "b"):
+        _save(root / "instances" / f"{stem}.png", ids)
+    folder = open_folder(root)
+    assert folder.samples[1].instances == root / "instances" / "b.png"
+    read = read_instances(folder.samples[0])
+    assert read.dtype == np.int32 and int((read == 7).sum()) == 6 and set(np.unique(read)) == {0, 7}
+
+
+def test_an_image_without_its_instance_map_names_the_expected_file(tmp_path: Path) -> None:
+    root = _flat_folder(tmp_path / "d", stems=("a", "b"))
+    _save(root / "instances" / "a.png", np.zeros((8, 16), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"b.png: image has no instance map \(expected .*instances/b.png\)"):
+        open_folder(root)
+
+
+def test_cityscapes_instance_ids_keep_only_instances_and_mark_its_things(tmp_path: Path) -> None:
+    root = _cityscapes(tmp_path / "cityscapes")
+    stem = "aachen_000000_000019"
+    values = np.full((8, 16), 7, dtype=np.uint16)  # road's labelId: no instance; 16-bit as Cityscapes ships it
+    values[0, :4], values[1, :2] = 26001, 24000  # car 1, person 0
+    Image.fromarray(values).save(root / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_instanceIds.png")
+    folder = open_folder(root)
+    assert [CITYSCAPES_CLASSES[c] for c in folder.thing_classes] == [
+        "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+    first, second = folder.samples[0], folder.samples[1]
+    assert second.instances is None and read_instances(second) is None
+    read = read_instances(first)
+    assert int((read == 26001).sum()) == 4 and int((read == 24000).sum()) == 2 and int((read == 0).sum()) == 8 * 16 - 6

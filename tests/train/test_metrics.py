@@ -104,3 +104,48 @@ def test_ssp_eval_scores_what_ssp_run_writes_on_camvid_val(tmp_path):
     train_pack(ModelConfig(num_prompts=64), config, tmp_path / "pack.pt", progress=False, log=lambda *_: None)
     evaluated, written = _eval_and_run(tmp_path / "pack.pt", CAMVID, "val", tmp_path / "cache", tmp_path)
     assert abs(evaluated - written) <= 1e-3, (evaluated, written)
+
+
+def test_ssp_eval_ap_and_pq_score_what_ssp_run_writes_on_generated_data(demo_run, world_root, exported_onnx, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pycocotools import mask as mask_utils
+
+    from ssprompt.runtime.cli import run_command
+    from ssprompt.train.cli import eval_command
+    from ssprompt.train.data import open_folder, read_instances, read_label
+    from ssprompt.train.instance_metrics import MaskAP, PanopticQuality, Segments, ground_truth_segments
+    from ssprompt.train.pack import load_pack
+
+    result = CliRunner().invoke(eval_command, ["--prompts", str(demo_run[1]), "--data", str(world_root), "--split", "val",
+                                               "--cache-dir", str(demo_run[2]), "--json"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.output.strip().splitlines()[-1])
+    assert {"ap", "pq", "sq", "rq", "per_class_ap", "per_class_pq"} <= set(evaluated)
+    assert set(evaluated["per_class_ap"]) == {"red disc", "green square", "blue triangle", "yellow disc"}
+
+    pack = load_pack(demo_run[1])
+    folder = open_folder(world_root, "val", pack.void)
+    for task in ("instance", "panoptic"):
+        ran = CliRunner().invoke(run_command, [str(exported_onnx), str(world_root / "val" / "images"), "--out",
+                                               str(tmp_path / task), "--task", task, "--batch", "4", "--quiet"])
+        assert ran.exit_code == 0, ran.output
+    records = json.loads((tmp_path / "instance" / "instances.json").read_text())
+    summary = json.loads((tmp_path / "panoptic" / "summary.json").read_text())
+    panoptic = {a["image_id"]: a for a in json.loads((tmp_path / "panoptic" / "panoptic.json").read_text())["annotations"]}
+    ap, pq = MaskAP(pack.class_names, pack.thing_classes), PanopticQuality(pack.class_names, pack.thing_classes)
+    for sample, record in zip(folder.samples, summary["images"]):
+        assert Path(record["file"]).name == sample.image.name
+        truth = ground_truth_segments(read_label(sample, len(pack.class_names), pack.void), read_instances(sample),
+                                      pack.thing_classes, pack.void)
+        mine = [r for r in records if r["image_id"] == record["image_id"]]
+        masks = np.stack([mask_utils.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()})
+                          for r in mine]).astype(bool) if mine else np.zeros((0, *truth.ids.shape), dtype=bool)
+        ap.update(truth, masks, [r["category_id"] - 1 for r in mine], [r["score"] for r in mine])
+        rgb = np.asarray(Image.open(tmp_path / "panoptic" / record["panoptic"])).astype(np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        segments = panoptic[record["image_id"]]["segments_info"]
+        pq.update(truth, Segments(ids, {s["id"]: s["category_id"] - 1 for s in segments}))
+    from_files, quality = ap.compute(), pq.compute()
+    assert evaluated["ap"] == pytest.approx(from_files["ap"], abs=2e-3)
+    assert evaluated["pq"] == pytest.approx(quality["pq"], abs=2e-3)
+    assert evaluated["ap"] > 0 and evaluated["pq"] > 0

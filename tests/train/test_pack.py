@@ -34,6 +34,7 @@ def test_pack_round_trips_with_weights_only(tmp_path, pack):
     again = torch.load(copy, map_location="cpu", weights_only=True)
     assert torch.equal(again["spatial_prompts"], pack.spatial_prompts)
     assert again["class_names"] == list(TASK_CLASSES)
+    assert again["thing_classes"] == [1, 2, 3, 4]  # the world's classes.txt marks the four shapes [thing]
     assert again["format_version"] == PACK_FORMAT_VERSION == 3
     assert set(again["learned"]) == {"spatial_embedding", "spatial_weight_logit", "semantic_embedding", "semantic_weight_logit"}
 
@@ -121,8 +122,15 @@ def test_pack_of_an_unknown_method_is_refused_naming_the_file_before_the_backbon
     ("palette", 3, "palette must be a list of colours"),
     ("void", "255", "void must be an integer label value"),
     ("method", 7, "method must be a name"),
+    ("thing_classes", [7], "thing_classes must be class indices in 0..4"),
+    ("thing_classes", (1,), "thing_classes must be class indices in 0..4"),
 ])
 def test_plain_values_of_the_wrong_type_are_refused_before_use(pack, tmp_path, key, value, message):
     torch.save(_raw(pack, **{key: value}), tmp_path / "odd.pt")
     with pytest.raises(PackError, match=f"odd.pt: {message}"):
         load_pack(tmp_path / "odd.pt")
+
+
+def test_a_pack_from_before_thing_classes_loads_with_none(pack, tmp_path):
+    torch.save(_raw(pack, thing_classes=None), tmp_path / "older.pt")
+    assert load_pack(tmp_path / "older.pt").thing_classes == []

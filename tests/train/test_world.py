@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from ssprompt.train.data import open_folder
-from ssprompt.train.world import TASK_CLASSES, Thing, draw_things, make_world, pretraining_scene
+from ssprompt.train.world import TASK_CLASSES, TASK_THINGS, Thing, draw_things, make_world, pretraining_scene
 
 
 def test_occluded_thing_keeps_only_its_visible_pixels():
@@ -43,6 +43,8 @@ def world(tmp_path_factory):
 def test_world_opens_as_a_dataset_with_the_task_classes(world):
     folder = open_folder(world, "train")
     assert folder.class_names == list(TASK_CLASSES) and len(folder) == 6
+    assert [TASK_CLASSES[c] for c in folder.thing_classes] == list(TASK_THINGS) == list(TASK_CLASSES[1:])
+    assert all(sample.instances is not None for sample in folder.samples)
     assert len(open_folder(world, "val")) == 3
 
 
@@ -72,3 +74,15 @@ def test_a_folder_that_is_not_a_world_is_refused(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not a generated world"):
         make_world(tmp_path / "other")
+
+
+def test_a_world_from_before_the_thing_markers_gets_them_and_keeps_its_files(world, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(world, old)
+    (old / "classes.txt").write_text("".join(f"{name}\n" for name in TASK_CLASSES))
+    image = (old / "val" / "images" / "0000.png").read_bytes()
+    assert make_world(old) == old
+    assert open_folder(old, "val").thing_classes == [1, 2, 3, 4]
+    assert (old / "val" / "images" / "0000.png").read_bytes() == image
