@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssprompt.runtime.contract import CONFIDENCE, INPUT, LABELS, MASK_LOGITS, OUTPUTS
+from ssprompt.runtime.contract import CLASS_PROBS, CONFIDENCE, INPUT, LABELS, MASK_LOGITS, OUTPUTS
 
 __all__ = ["Parity", "THRESHOLDS", "check_parity", "compare", "onnx_outputs", "torch_outputs"]
 
 # precision -> (minimum label agreement, maximum mean |mask-logit error|, maximum max |mask-logit error|)
 THRESHOLDS = {"fp32": (0.999, 1e-3, 5e-2), "fp16": (0.99, 5e-2, 2.0)}
-COMPARED = (LABELS, CONFIDENCE, MASK_LOGITS)
+COMPARED = (LABELS, CONFIDENCE, MASK_LOGITS, CLASS_PROBS)
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Parity:
     confidence_max_error: float  # max |confidence ONNX - PyTorch| (the winning class's probability)
     images: int  # images compared
     provider: str = "CPUExecutionProvider"  # where ONNX Runtime ran the model
+    class_probs_max_error: float = 0.0  # max |per-prompt class probability ONNX - PyTorch| (instances; reported, not gated)
 
     @property
     def passed(self) -> bool:
@@ -38,12 +39,13 @@ class Parity:
             f"{self.precision} parity on {self.images} images ({self.provider}): labels agree on "
             f"{100 * self.label_agreement:.3f}% (need {100 * min_agree:.1f}%), mask logits |err| mean "
             f"{self.mask_mean_error:.2e} (max allowed {max_mean:.0e}), max {self.mask_max_error:.2e} (max allowed {max_max:.0e}); "
-            f"confidence |err| max {self.confidence_max_error:.2e}"
+            f"confidence |err| max {self.confidence_max_error:.2e}, class probabilities |err| max "
+            f"{self.class_probs_max_error:.2e}"
         )
 
 
 def torch_outputs(graph: torch.nn.Module, images: np.ndarray, batch: int = 2) -> dict[str, np.ndarray]:
-    """The PyTorch graph's labels, confidence and mask logits on `images` (K x S x S x 3 uint8), in float32
+    """The PyTorch graph's labels, confidence, mask logits and class probabilities on `images` (K x S x S x 3 uint8), in float32
     (TF32 off on a GPU)."""
     device = next(graph.buffers()).device
     parts = []
@@ -66,7 +68,7 @@ def _run_torch(graph: torch.nn.Module, images: np.ndarray, batch: int, device) -
 
 
 def onnx_outputs(onnx_path: str | Path, images: np.ndarray, batch: int = 2, provider: str = "cpu") -> tuple[dict, str]:
-    """ONNX Runtime's labels, confidence and mask logits on `images`, and the provider that ran.
+    """ONNX Runtime's labels, confidence, mask logits and class probabilities on `images`, and the provider that ran.
 
     float32 on the GPU means float32: TF32 matmuls are switched off for the comparison.
     """
@@ -84,8 +86,9 @@ def compare(ours: dict[str, np.ndarray], reference: dict[str, np.ndarray], preci
     """Label agreement and mask-logit / confidence errors of `ours` against `reference`."""
     masks = np.abs(ours[MASK_LOGITS].astype(np.float64) - reference[MASK_LOGITS])
     confidence = np.abs(ours[CONFIDENCE].astype(np.float64) - reference[CONFIDENCE])
+    probs = np.abs(ours[CLASS_PROBS].astype(np.float64) - reference[CLASS_PROBS])
     return Parity(precision, float(np.mean(ours[LABELS] == reference[LABELS])), float(masks.mean()), float(masks.max()),
-                  float(confidence.max()), len(reference[LABELS]), provider)
+                  float(confidence.max()), len(reference[LABELS]), provider, float(probs.max()))
 
 
 def check_parity(graph: torch.nn.Module, onnx_path: str | Path, images: np.ndarray, precision: str,
