@@ -12,6 +12,7 @@ Shapes: C classes, H x W a label's size, S the square input's side.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,60 +26,75 @@ from ssprompt.runtime.preprocess import Letterbox
 from .features import Features
 from .model import SSPrompt, labels_from_semantic
 
-__all__ = ["evaluate", "evaluate_instances", "confusion_matrix", "metrics_from_confusion"]
+__all__ = ["evaluate", "InstanceScoring", "confusion_matrix", "metrics_from_confusion"]
+
+
+@dataclass(frozen=True)
+class InstanceScoring:
+    """What scoring instances and panoptic segments needs besides the items (see `evaluate`)."""
+
+    instance_map: Callable[[int], np.ndarray]  # item index -> (H, W) instance ids at its label's size, 0 none; read as needed
+    things: Sequence[int]  # the countable classes
+    instance_options: InstanceOptions = InstanceOptions()
+    panoptic_options: PanopticOptions = PanopticOptions()
 
 
 @torch.no_grad()
 def evaluate(model: SSPrompt, items: Sequence[Features], num_classes: int, void: int, batch_size: int = 4,
-             progress: bool = False) -> dict:
-    """mIoU over the classes that occur in labels or predictions; per-class IoU (None when absent)."""
+             progress: bool = False, instances: InstanceScoring | None = None) -> dict:
+    """mIoU over the classes that occur in labels or predictions; per-class IoU (None when absent).
+
+    With `instances`, from the same forward passes also COCO mask AP of the thing instances and PQ / SQ / RQ
+    of the panoptic segments: ap, ap50, ap75, pq, sq, rq, pq_things, pq_stuff (fractions; None where
+    nothing counts), per_class_ap and per_class_pq.
+    """
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    scores = _InstanceScores(model, instances, void) if instances is not None else None
     for start in tqdm(range(0, len(items), batch_size), desc="evaluate", disable=not progress):
         batch = items[start:start + batch_size]
-        semantic = model(torch.stack([f.sam for f in batch]), torch.stack([f.clip for f in batch])).semantic
-        squares = labels_from_semantic(semantic, model.image_size)[0].cpu().numpy()  # (B, S, S)
+        out = model(torch.stack([f.sam for f in batch]), torch.stack([f.clip for f in batch]))
+        squares = labels_from_semantic(out.semantic, model.image_size)[0].cpu().numpy()  # (B, S, S)
         for square, feats in zip(squares, batch):
             truth = feats.label.cpu().numpy()
             placement = Letterbox(model.image_size, feats.extent[0], feats.extent[1], *truth.shape)
             confusion += confusion_matrix(truth, restore_labels(square, placement), num_classes, void)
-    return metrics_from_confusion(confusion, model.class_names)
+        if scores is not None:
+            scores.update(out, batch, start)
+    metrics = metrics_from_confusion(confusion, model.class_names)
+    return {**metrics, **scores.result()} if scores is not None else metrics
 
 
-@torch.no_grad()
-def evaluate_instances(model: SSPrompt, items: Sequence[Features], instance_map: Callable[[int], np.ndarray], things: Sequence[int],
-                       void: int, batch_size: int = 4, instance_options: InstanceOptions = InstanceOptions(),
-                       panoptic_options: PanopticOptions = PanopticOptions(), progress: bool = False) -> dict:
-    """COCO mask AP of the thing instances and PQ / SQ / RQ of the panoptic segments, over `items`.
+class _InstanceScores:
+    """Mask AP and PQ accumulated over batches of the model's outputs, post-processed as the runtime does."""
 
-    Arguments:
-      instance_map: item index -> its (H, W) instance ids (0: no instance), at its label's size; read as
-        needed, so a large split's maps are never all in memory.
+    def __init__(self, model: SSPrompt, scoring: InstanceScoring, void: int) -> None:
+        from .instance_metrics import MaskAP, PanopticQuality
 
-    Returns:
-      ap, ap50, ap75, pq, sq, rq, pq_things, pq_stuff (fractions; None where nothing counts) and
-      per_class_ap, per_class_pq.
-    """
-    from .instance_metrics import MaskAP, PanopticQuality, Segments, ground_truth_segments
+        self.image_size, self.scoring, self.void = model.image_size, scoring, void
+        self.ap = MaskAP(model.class_names, scoring.things)
+        self.pq = PanopticQuality(model.class_names, scoring.things)
 
-    names = list(model.class_names)
-    ap, pq = MaskAP(names, things), PanopticQuality(names, things)
-    for start in tqdm(range(0, len(items), batch_size), desc="instances", disable=not progress):
-        batch = items[start:start + batch_size]
-        out = model(torch.stack([f.sam for f in batch]), torch.stack([f.clip for f in batch]))
+    def update(self, out, batch: Sequence[Features], start: int) -> None:
+        """`out`: the model's Prediction for `batch`, the items from index `start`."""
+        from .instance_metrics import Segments, ground_truth_segments
+
+        scoring = self.scoring
         masks, iou = out.masks.float().cpu().numpy(), out.iou.float().cpu().numpy()  # (B, N, M, M), (B, N)
         probs = out.class_logits.float().softmax(dim=-1).cpu().numpy()  # (B, N, C): the graph's CLASS_PROBS
         for i, feats in enumerate(batch):
-            truth_labels = feats.label.cpu().numpy()
-            truth = ground_truth_segments(truth_labels, instance_map(start + i), things, void)
-            placement = Letterbox(model.image_size, feats.extent[0], feats.extent[1], *truth_labels.shape)
-            found = instances_from_prompts(masks[i], iou[i], probs[i], things, placement, instance_options)
-            ap.update(truth, found.masks, found.classes.tolist(), found.scores.tolist())
-            panoptic = panoptic_from_prompts(masks[i], iou[i], probs[i], things, placement, panoptic_options)
-            pq.update(truth, Segments(panoptic.ids, {s["id"]: s["class"] for s in panoptic.segments}))
-    mask_ap, quality = ap.compute(), pq.compute()
-    return {"ap": mask_ap["ap"], "ap50": mask_ap["ap50"], "ap75": mask_ap["ap75"], "pq": quality["pq"], "sq": quality["sq"],
-            "rq": quality["rq"], "pq_things": quality["pq_things"], "pq_stuff": quality["pq_stuff"],
-            "per_class_ap": mask_ap["per_class"], "per_class_pq": quality["per_class"]}
+            labels = feats.label.cpu().numpy()
+            truth = ground_truth_segments(labels, scoring.instance_map(start + i), scoring.things, self.void)
+            placement = Letterbox(self.image_size, feats.extent[0], feats.extent[1], *labels.shape)
+            found = instances_from_prompts(masks[i], iou[i], probs[i], scoring.things, placement, scoring.instance_options)
+            self.ap.update(truth, found.masks, found.classes.tolist(), found.scores.tolist())
+            panoptic = panoptic_from_prompts(masks[i], iou[i], probs[i], scoring.things, placement, scoring.panoptic_options)
+            self.pq.update(truth, Segments(panoptic.ids, {s["id"]: s["class"] for s in panoptic.segments}))
+
+    def result(self) -> dict:
+        mask_ap, quality = self.ap.compute(), self.pq.compute()
+        return {"ap": mask_ap["ap"], "ap50": mask_ap["ap50"], "ap75": mask_ap["ap75"], "pq": quality["pq"],
+                "sq": quality["sq"], "rq": quality["rq"], "pq_things": quality["pq_things"], "pq_stuff": quality["pq_stuff"],
+                "per_class_ap": mask_ap["per_class"], "per_class_pq": quality["per_class"]}
 
 
 def confusion_matrix(truth: np.ndarray, prediction: np.ndarray, num_classes: int, void: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from .pack import Pack, PackError, build_pack, check_pack_fits, load_pack, save_
 from .prompts import PROMPT_SOURCES
 from .features import encode_folder, encoder_identity
 from .loop import TrainResult, train_prompts
-from .metrics import evaluate, evaluate_instances
+from .metrics import InstanceScoring, evaluate
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
 
@@ -210,16 +210,18 @@ def evaluate_pack(
     model, backbones = model_from_pack(pack, sam_checkpoint, clip_pretrained, default_prompts, device, source=pack_path)
     cache = FeatureCache(cache_dir or default_cache_dir(), encoder_identity(model, backbones))
     items = [f[0] for f in encode_folder(model, folder, range(len(folder)), cache, 0, (False,), progress, desc="encode")]
-    metrics = evaluate(model, items, folder.num_classes, void, progress=progress)
+    missing = sum(sample.instances is None for sample in folder.samples)
+    scoring, note = None, None
+    if instances and not pack.thing_classes:
+        note = "no mask AP or PQ: the pack has no thing classes (mark them [thing] in classes.txt)"
+    elif instances and missing:
+        note = f"no mask AP or PQ: {missing} of {len(folder)} images have no instance map"
+    elif instances:
+        scoring = InstanceScoring(lambda i: read_instances(folder.samples[i]), pack.thing_classes, instance_options,
+                                  panoptic_options)
+    metrics = evaluate(model, items, folder.num_classes, void, progress=progress, instances=scoring)
     metrics.update({"images": len(items), "prompts": "default" if default_prompts else "learned",
                     "method": model.config.method, "data": str(folder.location)})
-    missing = sum(sample.instances is None for sample in folder.samples)
-    if instances and not pack.thing_classes:
-        metrics["instance_note"] = "no mask AP or PQ: the pack has no thing classes (mark them [thing] in classes.txt)"
-    elif instances and missing:
-        metrics["instance_note"] = f"no mask AP or PQ: {missing} of {len(folder)} images have no instance map"
-    elif instances:
-        metrics.update(evaluate_instances(model, items, lambda i: read_instances(folder.samples[i]), pack.thing_classes,
-                                          void, instance_options=instance_options, panoptic_options=panoptic_options,
-                                          progress=progress))
+    if note:
+        metrics["instance_note"] = note
     return metrics
