@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Here, on a machine with pip and the registries: prepare what a bare GPU machine lacks to run
+# benchmarks/gpu.py, in pieces that each fit one call of the device tool (64 MiB with the tree).
+# See DEVELOPERS.md ("The GPU machine"). Writes under .dev/ (git-ignored):
+#   .dev/c0 .. .dev/c4   five pieces of one tar: onnxruntime-gpu (its CUDA provider library xz-compressed
+#                        apart, the rest as lite.tar.xz), the wheels the machine lacks, SHA256SUMS
+#   .dev/pkg             this project's wheel (10 MB with the tiny weights), rebuilt on every run; it travels
+#                        with the last piece, so the pieces are small enough for the two and the tree
+# The pieces are built once per onnxruntime-gpu version (ORT_VERSION, default below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ORT_VERSION=${ORT_VERSION:-1.31.1}
+PY=${PYTHON:-.venv/bin/python}
+PIECES=5
+# The machine's Python (see ../.library/device/KINDS.md): wheels with compiled code must match it.
+PLATFORM=(--python-version 3.12 --implementation cp --only-binary=:all:
+          --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+          --platform manylinux2014_x86_64)
+# What the machine's image lacks (it has torch, onnx, numpy, Pillow, click, tqdm, matplotlib, nvidia-ml-py).
+PURE=(segment-anything==1.0 open_clip_torch==3.3.0 ftfy==6.3.1 onnxslim==0.1.98)
+BINARY=(wcwidth==0.9.4 pycocotools==2.0.11)
+
+rm -rf .dev/pkg && "$PY" -m pip wheel -q --no-deps . -w .dev/pkg
+echo "project wheel: $(ls .dev/pkg)"
+
+if [ -f .dev/c0/part0 ] && [ "$(cat .dev/VERSION 2>/dev/null)" = "$ORT_VERSION $PIECES" ]; then
+  echo "pieces for onnxruntime-gpu $ORT_VERSION already in .dev/c0 .. .dev/c$((PIECES - 1))"
+  exit 0
+fi
+rm -rf .dev/blob .dev/dl .dev/c? .dev/VERSION && mkdir -p .dev/blob .dev/dl/ort
+"$PY" -m pip download -q --no-deps "${PLATFORM[@]}" -d .dev/dl "onnxruntime-gpu==$ORT_VERSION" "${BINARY[@]}"
+"$PY" -m pip wheel -q --no-deps -w .dev/blob "${PURE[@]}"
+mv .dev/dl/wcwidth-*.whl .dev/dl/pycocotools-*.whl .dev/blob/
+# The CUDA provider library is most of the wheel; xz takes it under two pieces' worth.
+(cd .dev/dl/ort && unzip -q ../onnxruntime_gpu-*.whl)
+provider=.dev/dl/ort/onnxruntime/capi/libonnxruntime_providers_cuda.so
+xz -T0 -9 -c "$provider" > .dev/blob/provider.xz && rm "$provider"
+tar cJf .dev/blob/lite.tar.xz -C .dev/dl/ort .
+(cd .dev/blob && sha256sum -- * > ../SHA256SUMS && mv ../SHA256SUMS SHA256SUMS)
+tar cf .dev/dl/all.tar -C .dev/blob .
+split -n "$PIECES" -d -a 1 .dev/dl/all.tar .dev/dl/part
+for k in $(seq 0 $((PIECES - 1))); do mkdir -p ".dev/c$k" && mv ".dev/dl/part$k" ".dev/c$k/part$k"; done
+rm -rf .dev/dl .dev/blob
+echo "$ORT_VERSION $PIECES" > .dev/VERSION
+du -sh .dev/c? .dev/pkg
+tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+last=$(du -cb ".dev/c$((PIECES - 1))" .dev/pkg | tail -1 | cut -f1)
+echo "the last call carries $(( (tree + last) / 1048576 )) MiB with the tracked tree (the device tool takes 64)"
