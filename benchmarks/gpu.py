@@ -12,9 +12,11 @@ listed as skipped; each runs in its own process, with a time limit):
 3. compare    the graph against torch eager, unfused glue, AMG      -> runtime_compare_cuda.md (+ .png)
 4. train      training cost per image, SSPrompt against CoOp        -> train_efficiency_cuda.md (+ .png)
 5. profile    node time by graph region and op type (FP16, batch 8) -> gpu_profile_cuda.md
-6. sam-export SAM's own layout exported, FP32 and FP16 (ablation)   -> export_fullsize_sam_cuda.md
-7. ablation   what each step buys                                  -> gpu_ablation_cuda.md (+ .png)
-8. fp16-ops   FP16 parity by op type kept in FP32                   -> fp16_ops_cuda.md (+ .png)
+6. ort-attention  FP16 export with --ort-attention (for the ablation) -> export_fullsize_ort_attention_cuda.md
+7. decoder    the mask decoder alone, SAM's layout against the graph -> decoder_cost_cuda.md
+8. sam-export SAM's own layout exported, FP32 and FP16 (ablation)   -> export_fullsize_sam_cuda.md
+9. ablation   what each step buys                                  -> gpu_ablation_cuda.md (+ .png)
+10. fp16-ops  FP16 parity by op type kept in FP32                   -> fp16_ops_cuda.md (+ .png)
 
 On an H200 steps 1-4 took 102 + 45 + 226 + 96 s (benchmarks/results/gpu_run_cuda.md), so the default
 budget of 480 s runs them; the rest run when --budget leaves room.
@@ -54,6 +56,10 @@ def steps(work: Path, results: Path, args) -> list[tuple[str, list[str], int]]:
                         "--out", str(results / "train_efficiency_cuda.md")], 180),
         ("profile", py + [str(bench / "gpu_profile.py"), str(work / "fp16" / "model.onnx"), "--batch", "8",
                           "--out", str(results / "gpu_profile_cuda.md")], 120),
+        ("ort-attention", py + [str(bench / "export_fullsize.py"), *size, "--work", str(work), "--layout", "ort-attention",
+                                "--precisions", "fp16", "--out", str(results / "export_fullsize_ort_attention_cuda.md")], 150),
+        ("decoder", py + [str(bench / "decoder_cost.py"), "--provider", "cuda", "--precisions", "fp32,fp16", "--batch", "8",
+                          "--warmup", "3", "--iters", "20", "--out", str(results / "decoder_cost_cuda.md")], 150),
         ("sam-export", py + [str(bench / "export_fullsize.py"), *size, "--work", str(work), "--layout", "sam",
                              "--out", str(results / "export_fullsize_sam_cuda.md")], 240),
         ("ablation", py + [str(bench / "gpu_ablation.py"), "--work", str(work), "--provider", args.provider,

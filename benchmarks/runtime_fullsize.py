@@ -1,6 +1,6 @@
 """ssp-bench at full-size architecture (SAM ViT-B + CLIP ViT-B/16, random weights) on ONNX Runtime.
 
-Runs `ssp-bench` (each precision in its own process, so memory figures are the runtime's alone)
+Runs `ssp-bench` (each graph in its own process, so memory figures are the runtime's alone)
 on the FP32 and FP16 graphs that export_fullsize.py left in --work, or exports them here
 (no parity gate) when --work holds none. Writes one markdown table and a latency plot.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot, write_report  # noqa: E402
 
-COLUMNS = ["precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "host peak RSS MB", "GPU peak MB", "timing"]
+COLUMNS = ["graph", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "host peak RSS MB", "GPU peak MB", "timing"]
 
 
 def bench_json(model: Path, args) -> dict:
@@ -36,30 +36,34 @@ def bench_json(model: Path, args) -> dict:
 
 
 def models(work: Path, args) -> dict[str, Path]:
-    """precision -> model.onnx under `work`, exported here (no parity gate) where missing."""
+    """graph -> model.onnx under `work`, exported here (no parity gate) where missing. A graph is named by its
+    export_fullsize.py folder: the precision, then the layout where it is not the shipped one (fp16-ort-attention)."""
     from ssprompt.export.pipeline import export_pack
 
     found = {}
-    for precision in args.precisions.split(","):
-        onnx = work / precision / "model.onnx"
+    for name in args.graphs.split(","):
+        precision, _, layout = name.partition("-")
+        onnx = work / name / "model.onnx"
         if not onnx.is_file():
             pack = work / "pack.pt"
             if not pack.is_file():
                 random_fullsize_pack(args.sam, args.clip, args.prompts, args.classes, pack)
-            export_pack(pack, work / precision, fp16=precision == "fp16", parity_gate=False, force=True, log=print)
-        found[precision] = onnx
+            export_pack(pack, work / name, fp16=precision == "fp16", parity_gate=False, force=True, layout=layout or "graph",
+                        log=print)
+        found[name] = onnx
     return found
 
 
 def main() -> None:
     parser = fullsize_parser(__doc__)
-    parser.add_argument("--precisions", default="fp32,fp16")
+    parser.add_argument("--graphs", "--precisions", dest="graphs", default="fp32,fp16",
+                        help="export folders: fp32, fp16, or with a layout, e.g. fp32-ort-attention")
     parser.add_argument("--batch", default="1,2")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--provider", default="auto")
     parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=False, help="ssp-bench --cuda-graph (CUDA only)")
-    parser.add_argument("--work", type=Path, help="folder with pack.pt and fp32/, fp16/ exports (export_fullsize.py --work)")
+    parser.add_argument("--work", type=Path, help="folder with pack.pt and the graphs' exports (export_fullsize.py --work)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime_fullsize_cpu.md"))
     args = parser.parse_args()
 
@@ -67,15 +71,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        for precision, onnx in models(work, args).items():
-            print(f"ssp-bench {precision}", flush=True)
-            results[precision] = bench_json(onnx, args)
+        for name, onnx in models(work, args).items():
+            print(f"ssp-bench {name}", flush=True)
+            results[name] = bench_json(onnx, args)
 
     rows = []
-    for precision, result in results.items():
+    for name, result in results.items():
         for r in result["rows"]:
             gpu = "n/a" if r["gpu_peak_mb"] is None else f"{r['gpu_peak_mb']:.0f} ({r['gpu_memory_scope']})"
-            rows.append([precision, str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+            rows.append([name, str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
                          f"{r['images_per_s']:.2f}", f"{r['host_peak_rss_mb']:.0f}", gpu, r["timing"]])
     environment = next(iter(results.values()))["environment"]
     lines = header(f"ssp-bench at full-size architecture ({args.sam} + {args.clip}, random weights)") + [
@@ -89,12 +93,12 @@ def main() -> None:
     write_report(args.out, lines)
 
     def draw(ax_latency, ax_throughput) -> None:
-        for precision, result in results.items():
+        for name, result in results.items():
             batches = [r["batch"] for r in result["rows"]]
-            ax_latency.plot(batches, [r["p50_ms"] for r in result["rows"]], "o-", label=f"{precision} p50")
+            ax_latency.plot(batches, [r["p50_ms"] for r in result["rows"]], "o-", label=f"{name} p50")
             ax_latency.fill_between(batches, [r["p50_ms"] for r in result["rows"]], [r["p99_ms"] for r in result["rows"]],
                                     alpha=0.2)
-            ax_throughput.plot(batches, [r["images_per_s"] for r in result["rows"]], "s-", label=precision)
+            ax_throughput.plot(batches, [r["images_per_s"] for r in result["rows"]], "s-", label=name)
         ax_latency.set_xlabel("batch")
         ax_latency.set_ylabel("ms per call (band: p50-p99)")
         ax_throughput.set_xlabel("batch")

@@ -28,8 +28,11 @@ __all__ = ["export_command"]
 @click.option("--workspace", default=4096, show_default=True, help="TensorRT workspace limit, MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache (default: OUT.timing.cache).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--ort-attention", is_flag=True,
+              help="SAM's image-encoder attention as ONNX Runtime's fused MultiHeadAttention (com.microsoft): the graph "
+                   "then runs on ONNX Runtime only, not TensorRT.")
 def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, batch, engine, triton, calib, no_parity,
-                   workspace, timing_cache, force) -> None:
+                   workspace, timing_cache, force, ort_attention) -> None:
     """Bake a prompt pack into one ONNX graph: uint8 image batch in, label map out."""
     from ssprompt.runtime.files import terminate_like_interrupt
     from ssprompt.train.backbones import BackboneError
@@ -45,7 +48,8 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
         result = export_pack(
             Path(pack), Path(out), sam_checkpoint, clip_pretrained, fp16, BatchRange.parse(batch), engine, triton,
             Path(calib) if calib else None, not no_parity, force, workspace, Path(timing_cache) if timing_cache else None,
-            keep_fp32=tuple(op for op in keep_fp32.split(",") if op), log=click.echo,
+            layout="ort-attention" if ort_attention else "graph", keep_fp32=tuple(op for op in keep_fp32.split(",") if op),
+            log=click.echo,
         )
     except (BackboneError, DataError, PackError, ExportError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(" ".join(str(err).split())) from None

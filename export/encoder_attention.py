@@ -15,6 +15,11 @@ indicators of its row and column, so
 exactly, in one matmul. Queries run in groups of `query_chunk`, so one group's logits are alive
 at a time (global attention over 64 x 64 tokens holds 12 x 4096 x 4096 logits an image otherwise).
 
+With `fused`, the same extended queries and keys go to one ONNX Runtime MultiHeadAttention node
+(com.microsoft; its CPU and CUDA kernels never hold the logits: on a GPU, cutlass's
+memory-efficient attention, which takes the query/key head size D+h+w, padded with zeros to a
+multiple of 8, apart from the value head size D). Only ONNX Runtime runs such a graph.
+
 Shapes: B images (or windows), h x w tokens (L = h * w), H heads of D channels, C = H * D.
 """
 
@@ -24,18 +29,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EncoderAttention", "swap_encoder_attention"]
+__all__ = ["EncoderAttention", "swap_encoder_attention", "fused_attention"]
+
+
+class _FusedAttention(torch.autograd.Function):
+    """softmax(q k^T) v for every head, q pre-scaled. In PyTorch: plain matmuls in query chunks. Traced:
+    one com.microsoft MultiHeadAttention node (scale 1), whose output has the values' shape."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, query_chunk: int) -> torch.Tensor:
+        q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))  # (B, H, L, Dq) / (B, H, L, D)
+        k_t = k.transpose(-1, -2)
+        out = torch.cat([(part @ k_t).softmax(dim=-1) @ v for part in q.split(query_chunk, dim=2)], dim=2)  # (B, H, L, D)
+        return out.transpose(1, 2).flatten(2)  # (B, L, H*D)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int, query_chunk: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads, scale_f=1.0)
+        out.setType(v.type())
+        return out
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, query_chunk: int) -> torch.Tensor:
+    """
+    Arguments:
+      q, k (torch.Tensor): (B, L, H*Dq), heads side by side; q already scaled.
+      v (torch.Tensor): (B, L, H*D).
+      heads (int): H.
+      query_chunk (int): queries whose logits PyTorch holds at once (the traced node holds none).
+
+    Returns:
+      (torch.Tensor): (B, L, H*D).
+    """
+    return _FusedAttention.apply(q, k, v, heads, query_chunk)
 
 
 class EncoderAttention(nn.Module):
     """segment_anything.modeling.image_encoder.Attention (with relative positions), for export."""
 
-    def __init__(self, source: nn.Module, size: tuple[int, int], query_chunk: int) -> None:
+    def __init__(self, source: nn.Module, size: tuple[int, int], query_chunk: int, fused: bool = False) -> None:
         """
         Arguments:
           source (nn.Module): SAM's Attention, with use_rel_pos.
           size (tuple[int, int]): the token grid (h, w) it attends over (a window, or the whole image).
           query_chunk (int): queries whose logits are computed together.
+          fused (bool): attend through `fused_attention` (ONNX Runtime's MultiHeadAttention once traced).
         """
         from segment_anything.modeling.image_encoder import get_rel_pos
 
@@ -53,8 +91,12 @@ class EncoderAttention(nn.Module):
             rows = torch.arange(h).repeat_interleave(w)  # row of each key token
             cols = torch.arange(w).repeat(h)
             head_dim = source.rel_pos_h.shape[1]
-            indicators = torch.cat([torch.zeros(h * w, head_dim), F.one_hot(rows, h).float(), F.one_hot(cols, w).float()], dim=1)
-            self.register_buffer("key_indicators", indicators)  # (L, D+h+w): zeros, then the key's row and column
+            # Fused: the query/key head size padded with zero columns to a multiple of 8 (memory-efficient attention's).
+            self.padding = -(head_dim + h + w) % 8 if fused else 0
+            indicators = torch.cat([torch.zeros(h * w, head_dim), F.one_hot(rows, h).float(), F.one_hot(cols, w).float(),
+                                    torch.zeros(h * w, self.padding)], dim=1)
+            self.register_buffer("key_indicators", indicators)  # (L, D+h+w+pad): zeros, the key's row and column, zeros
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -64,6 +106,8 @@ class EncoderAttention(nn.Module):
         Returns:
           (torch.Tensor): (B, h, w, C).
         """
+        if self.fused:
+            return self._forward_fused(x)
         h, w = self.size
         batch = x.shape[0]  # reshaped with, as SAM does, so the exporter keeps the batch axis symbolic
         qkv = self.qkv(x).reshape(batch, h * w, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, H, L, D)
@@ -78,12 +122,26 @@ class EncoderAttention(nn.Module):
         out = torch.cat(out, dim=2).transpose(1, 2).reshape(batch, h, w, -1)  # (B, h, w, C)
         return self.proj(out)
 
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """forward, heads side by side as MultiHeadAttention takes them: (B, h, w, C) -> (B, h, w, C)."""
+        h, w = self.size
+        batch = x.shape[0]
+        q, k, v = self.qkv(x).reshape(batch, h * w, 3, self.heads, -1).unbind(2)  # (B, L, H, D) each
+        grid_q = q.reshape(batch, h, w, self.heads, -1)
+        rel_h = torch.einsum("bhwnc,hkc->bhwnk", grid_q, self.rel_h).reshape(batch, h * w, self.heads, h)
+        rel_w = torch.einsum("bhwnc,wkc->bhwnk", grid_q, self.rel_w).reshape(batch, h * w, self.heads, w)
+        queries = F.pad(torch.cat([q * self.scale, rel_h, rel_w], dim=-1), (0, self.padding))  # (B, L, H, D+h+w+pad)
+        keys = F.pad(k, (0, h + w + self.padding)) + self.key_indicators.unsqueeze(1).to(k.dtype)  # (B, L, H, D+h+w+pad)
+        out = fused_attention(queries.flatten(2), keys.flatten(2), v.flatten(2), self.heads, self.query_chunk)  # (B, L, C)
+        return self.proj(out.reshape(batch, h, w, -1))
 
-def swap_encoder_attention(encoder: nn.Module, query_chunk: int) -> int:
+
+def swap_encoder_attention(encoder: nn.Module, query_chunk: int, fused: bool = False) -> int:
     """Replace the relative-position Attention of every block of SAM's ImageEncoderViT; returns how many.
 
     Windowed blocks attend within window_size x window_size windows, global blocks over the
     whole patch grid. Windows are small, so only global blocks are split into query chunks.
+    `fused`: every block attends through `fused_attention` (EncoderAttention's `fused`).
     """
     grid = (encoder.img_size // encoder.patch_embed.proj.kernel_size[0],) * 2
     swapped = 0
@@ -93,6 +151,6 @@ def swap_encoder_attention(encoder: nn.Module, query_chunk: int) -> int:
             continue
         size = (block.window_size, block.window_size) if block.window_size > 0 else grid
         chunk = size[0] * size[1] if block.window_size > 0 else query_chunk
-        block.attn = EncoderAttention(attn, size, chunk)
+        block.attn = EncoderAttention(attn, size, chunk, fused)
         swapped += 1
     return swapped

@@ -34,7 +34,7 @@ from .prompt_decoder import PromptDecoder
 
 ENCODER_QUERY_CHUNK = 1024  # queries of SAM's global attention whose logits are alive together
 
-__all__ = ["ExportGraph", "ChannelLayerNorm", "LAYOUTS", "dummy_inputs", "output_shapes"]
+__all__ = ["ExportGraph", "ChannelLayerNorm", "LAYOUTS", "ONNX_RUNTIME_ONLY", "dummy_inputs", "output_shapes"]
 
 
 class ChannelLayerNorm(nn.Module):
@@ -89,9 +89,11 @@ class SamLayoutDecoder(nn.Module):
         return decode_masks(self.decoder, image_embeddings, self.image_pe, self.spatial, self.dense)
 
 
-# "graph": PromptDecoder and EncoderAttention (what ships); "sam": SAM's own attention and decoder layout,
-# as exports were before them (kept for the ablation only).
-LAYOUTS = ("graph", "sam")
+# "graph": PromptDecoder and EncoderAttention (what ships); "ort-attention": the same with the encoder's attention
+# as ONNX Runtime's fused MultiHeadAttention (ONNX Runtime only: `ssp-export --ort-attention`); "sam": SAM's own
+# attention and decoder layout, as exports were before them (kept for the ablation only).
+LAYOUTS = ("graph", "ort-attention", "sam")
+ONNX_RUNTIME_ONLY = ("ort-attention",)  # layouts with com.microsoft ops, which TensorRT cannot build
 
 
 class ExportGraph(nn.Module):
@@ -103,12 +105,13 @@ class ExportGraph(nn.Module):
             raise ValueError(f"layout {layout!r}: choose {' or '.join(LAYOUTS)}")
         model = copy.deepcopy(model).cpu().eval()
         self.swapped_layer_norms = _swap_layer_norm_2d(model.sam)
-        self.swapped_attention = swap_encoder_attention(model.sam.image_encoder, ENCODER_QUERY_CHUNK) if layout == "graph" else 0
+        self.swapped_attention = 0 if layout == "sam" else swap_encoder_attention(
+            model.sam.image_encoder, ENCODER_QUERY_CHUNK, fused=layout == "ort-attention")
         self.model = model
         with torch.no_grad():
             spatial = model.spatial_prompts().detach()  # (N, T, E)
             self.register_buffer("semantic", F.normalize(model.semantic_prompts(), dim=-1).detach().clone())  # (C, D)
-        if layout == "graph":
+        if layout != "sam":
             self.decoder = PromptDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, spatial,
                                          model.config.decoder_chunk)
         else:

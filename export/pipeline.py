@@ -119,9 +119,12 @@ def export_pack(
     from ssprompt.train.pack import load_pack
     from ssprompt.train.pipeline import model_from_pack
 
-    from .graph import ExportGraph
+    from .graph import ONNX_RUNTIME_ONLY, ExportGraph
 
     began = time.perf_counter()
+    if engine and layout in ONNX_RUNTIME_ONLY:
+        raise ExportError("--engine: TensorRT cannot build ONNX Runtime's MultiHeadAttention (--ort-attention); "
+                          "export without --ort-attention for TensorRT")
     if out.exists() and not force:
         raise ExportError(f"{out}: exists; pass --force to replace it")
     if out.exists() and not (out / MODEL_FILE).is_file():

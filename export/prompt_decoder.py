@@ -8,10 +8,19 @@ arithmetic this module repeats (tests hold the two equal). What changes is the l
 - The first layer's token-to-image attention reads each image once: its N x T queries attend
   to one copy of the image's keys. The image becomes per-prompt only where SAM's
   image-to-token attention writes to it; SAM's own decoder copies it N times up front.
-- Channels-last throughout. Linear layers that read the same tensor share one matmul, the
-  positional encoding enters through a constant bias of that matmul, and both transposed
-  convolutions of the upscaling are matmuls onto 2 x 2 sub-pixels with their layer norm on the
-  last axis, so no NCHW permute touches the B x N-times-larger tensors.
+- Per-prompt attention is re-associated so that, per prompt, only the keys X (P x E) and
+  (P x H*T) products are built; a prompt has T tokens and P >> T. With X Wk + bk the keys,
+    token-to-image   softmax(q (X Wk + bk)^T) (X Wv + bv) = softmax((q Wk^T) X^T) X Wv + bv
+                     (q . bk is one constant a row and drops out of the softmax; its rows sum
+                     to 1, so bv passes through), and
+    image-to-token   softmax((X Wq + bq) k^T) v Wo = softmax(X (Wq k^T) + bq k^T) (v Wo),
+  each head's T tokens side by side (k as a block-diagonal I x H*T matrix). SAM's order builds
+  P x I projections of every prompt's keys, their per-head transposes, and a P x I attention
+  output that is projected again; this builds none of them.
+- Channels-last throughout. The first layer's image projections share one matmul with the
+  positional encoding in a constant bias; both transposed convolutions of the upscaling are
+  matmuls onto 2 x 2 sub-pixels with their layer norm on the last axis, so no NCHW permute
+  touches the B x N-times-larger tensors.
 - Prompts decode in groups of `chunk`, so only one group's per-prompt activations are alive.
 
 Shapes: B images, N prompts (n in one group), T tokens a prompt (SAM's output tokens, then
@@ -90,15 +99,25 @@ class PromptDecoder(nn.Module):
             self.register_buffer("tokens", tokens.clone())
             self.register_buffer("queries0", queries0.clone())
             self.register_buffer("dense", dense_prompt.flatten(2).transpose(1, 2).clone())  # (1, P, E)
-            self.register_buffer("pos", pos.clone())
             self.register_buffer("q0", q0.transpose(0, 1).flatten(1, 2).clone())  # (H, N*T, D), prompt-major
             # Image-side projections as one matmul each: weight (E, k*I), bias (P, k*I) with the positional term.
             self._register_projection("image0", pos, (attn.k_proj, True), (attn.v_proj, False),
                                       (first.cross_attn_image_to_token.q_proj, True), scale_last=first.cross_attn_image_to_token)
-            self._register_projection("image1", pos, (second.cross_attn_token_to_image.k_proj, True),
-                                      (second.cross_attn_token_to_image.v_proj, False),
-                                      (second.cross_attn_image_to_token.q_proj, True), scale_last=second.cross_attn_image_to_token)
-            self._register_projection("image_final", pos, (self.final.k_proj, True), (self.final.v_proj, False))
+            # Later attentions, per head, for the re-associated products (module docstring).
+            heads = self.heads
+            for name, attn in (("t2i1", second.cross_attn_token_to_image), ("final", self.final)):
+                wk = attn.k_proj.weight.unflatten(0, (heads, -1))  # (H, D, E)
+                wv = attn.v_proj.weight.unflatten(0, (heads, -1))
+                self.register_buffer(f"{name}_wk", wk.clone())  # (H, D, E)
+                self.register_buffer(f"{name}_pos_k", (wk @ pos.t()).clone())  # (H, D, P): the positions' keys
+                self.register_buffer(f"{name}_wv", wv.transpose(1, 2).clone())  # (H, E, D)
+            for name, attn in (("i2t0", first.cross_attn_image_to_token), ("i2t1", second.cross_attn_image_to_token)):
+                self.register_buffer(f"{name}_wo", attn.out_proj.weight.t().unflatten(0, (heads, -1)).clone())  # (H, D, E)
+            i2t1 = second.cross_attn_image_to_token
+            self.register_buffer("i2t1_wq", i2t1.q_proj.weight.t() * self._scale(i2t1))  # (E, I), attention scale folded in
+            self.register_buffer("i2t1_pos_q", i2t1.q_proj(pos) * self._scale(i2t1))  # (P, I): positions' queries, bias
+            # head_blocks[h, 0, g, 0] = (h == g): lays each head's token keys on the diagonal of an I x H*T matrix.
+            self.register_buffer("head_blocks", torch.eye(heads).view(heads, 1, heads, 1))
             # Transposed convolutions with kernel 2 and stride 2 as matmuls: (in, 2*2*out), columns (a, b, out).
             self.register_buffer("up1_weight", convt1.weight.permute(0, 2, 3, 1).flatten(1).clone())  # (E, 4*E/4)
             self.register_buffer("up1_bias", convt1.bias.repeat(4).clone())
@@ -144,18 +163,18 @@ class PromptDecoder(nn.Module):
         k0, v0, q_image = (keys @ self.image0_weight + self.image0_bias).chunk(3, dim=-1)  # (B, P, I) each
         k0 = _heads(k0, self.heads).transpose(-1, -2)  # (B, H, D, P)
         v0 = _heads(v0, self.heads)  # (B, H, P, D)
-        q_image = _heads(q_image, self.heads).unsqueeze(1)  # (B, 1, H, P, D)
         masks, ious = [], []
         for start in range(0, self.num_prompts, self.chunk):
             group = slice(start, min(start + self.chunk, self.num_prompts))
-            m, q = self._decode_group(keys, k0, v0, q_image, group)
+            m, q = self._decode_group(keys, k0, v0, q_image.unsqueeze(1), group)
             masks.append(m)
             ious.append(q)
         return torch.cat(masks, dim=1), torch.cat(ious, dim=1)
 
     def _decode_group(self, keys0, k0, v0, q_image, group: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layers 0 and 1, the final attention and the upscaling for the prompts in `group`."""
-        layer0, layer1, heads = self.layer0, self.layer1, self.heads
+        """Layers 0 and 1, the final attention and the upscaling for the prompts in `group`.
+        keys0 (B, P, E) and q_image (B, 1, P, I) (scaled, positions added) are each image's, shared by its prompts."""
+        layer0, layer1 = self.layer0, self.layer1
         tokens = self.tokens[group]  # (n, T, E)
         n, t = tokens.shape[0], tokens.shape[1]
 
@@ -165,19 +184,23 @@ class PromptDecoder(nn.Module):
         out = layer0.cross_attn_token_to_image.out_proj(out).unflatten(1, (n, t))  # (B, n, T, E)
         queries = layer0.norm2(self.queries0[group] + out)
         queries = layer0.norm3(queries + layer0.mlp(queries))
-        keys = self._image_to_token(layer0, keys0.unsqueeze(1), q_image, queries, tokens)  # (B, n, P, E)
+        logits = q_image @ self._token_key_blocks(layer0, queries, tokens)  # (B, n, P, H*T)
+        keys = self._image_to_token(layer0, keys0.unsqueeze(1), logits, queries, self.i2t0_wo)  # (B, n, P, E)
 
         # Layer 1.
         q = queries + tokens
         queries = layer1.norm1(queries + self._attention(layer1.self_attn, q, q, queries))
-        k1, v1, q_image = (keys @ self.image1_weight + self.image1_bias).chunk(3, dim=-1)  # (B, n, P, I) each
-        queries = layer1.norm2(queries + self._token_to_image(layer1.cross_attn_token_to_image, queries + tokens, k1, v1))
+        attn = layer1.cross_attn_token_to_image
+        queries = layer1.norm2(queries + self._token_to_image(attn, queries + tokens, keys, self.t2i1_wk, self.t2i1_pos_k,
+                                                              self.t2i1_wv))
         queries = layer1.norm3(queries + layer1.mlp(queries))
-        keys = self._image_to_token(layer1, keys, _heads(q_image, heads), queries, tokens)
+        blocks = self._token_key_blocks(layer1, queries, tokens)  # (B, n, I, H*T)
+        logits = keys @ (self.i2t1_wq @ blocks) + self.i2t1_pos_q @ blocks  # (B, n, P, H*T): (keys + pos) Wq k^T + bq k^T
+        keys = self._image_to_token(layer1, keys, logits, queries, self.i2t1_wo)
 
         # Final attention, tokens -> image.
-        k, v = (keys @ self.image_final_weight + self.image_final_bias).chunk(2, dim=-1)
-        queries = self.norm_final(queries + self._token_to_image(self.final, queries + tokens, k, v))  # (B, n, T, E)
+        out = self._token_to_image(self.final, queries + tokens, keys, self.final_wk, self.final_pos_k, self.final_wv)
+        queries = self.norm_final(queries + out)  # (B, n, T, E)
 
         iou = self.iou_head(queries[:, :, 0])[..., 0]  # (B, n)
         hyper = self.hyper(queries[:, :, 1])  # (B, n, E/8): mask token 0, SAM's single-mask output
@@ -189,20 +212,32 @@ class PromptDecoder(nn.Module):
         out = _attend(q, _heads(attn.k_proj(k), self.heads).transpose(-1, -2), _heads(attn.v_proj(v), self.heads))
         return attn.out_proj(_merge_heads(out))
 
-    def _token_to_image(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, n, T, E) with positions added; k, v (B, n, P, I) projected. Returns (B, n, T, E)."""
+    def _token_to_image(self, attn: nn.Module, q: torch.Tensor, keys: torch.Tensor, wk: torch.Tensor, pos_k: torch.Tensor,
+                        wv: torch.Tensor) -> torch.Tensor:
+        """SAM's token-to-image attention, re-associated. q (B, n, T, E) with positions added; keys (B, n, P, E) the
+        prompts' keys (positions are added through pos_k); wk (H, D, E), pos_k (H, D, P), wv (H, E, D).
+        Returns (B, n, T, E)."""
         q = _heads(attn.q_proj(q) * self._scale(attn), self.heads)  # (B, n, H, T, D)
-        out = _attend(q, _heads(k, self.heads).transpose(-1, -2), _heads(v, self.heads))
-        return attn.out_proj(_merge_heads(out))
+        # q . (keys + pos) Wk, as (q Wk^T) keys^T + q (pos Wk)^T: the keys are read once and never offset.
+        logits = (q @ wk).flatten(-3, -2) @ keys.transpose(-1, -2) + (q @ pos_k).flatten(-3, -2)  # (B, n, H*T, P)
+        pooled = (logits.softmax(dim=-1) @ keys).unflatten(-2, (self.heads, -1))  # (B, n, H, T, E)
+        return attn.out_proj(_merge_heads(pooled @ wv) + attn.v_proj.bias)
 
-    def _image_to_token(self, layer: nn.Module, keys: torch.Tensor, q_image: torch.Tensor, queries: torch.Tensor,
-                        tokens: torch.Tensor) -> torch.Tensor:
-        """SAM's image-to-token attention and norm4. keys (B, 1 or n, P, E), q_image (B, 1 or n, H, P, D) scaled,
-        queries and tokens (B, n, T, E). Returns the updated keys (B, n, P, E)."""
+    def _token_key_blocks(self, layer: nn.Module, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The image-to-token attention's token keys as a block-diagonal (B, n, I, H*T) matrix: head h's keys
+        in rows h*D..(h+1)*D and columns h*T..(h+1)*T, so q_image @ blocks gives every head's logits at once."""
+        k = _heads(layer.cross_attn_image_to_token.k_proj(queries + tokens), self.heads)  # (B, n, H, T, D)
+        blocks = k.transpose(-1, -2).unsqueeze(-2) * self.head_blocks  # (B, n, H, D, H, T)
+        return blocks.flatten(-4, -3).flatten(-2)  # (B, n, I, H*T)
+
+    def _image_to_token(self, layer: nn.Module, keys: torch.Tensor, logits: torch.Tensor, queries: torch.Tensor,
+                        wo: torch.Tensor) -> torch.Tensor:
+        """SAM's image-to-token attention and norm4, re-associated. keys (B, 1 or n, P, E); logits (B, n, P, H*T);
+        queries (B, n, T, E); wo (H, D, E) the output projection per head. Returns the updated keys (B, n, P, E)."""
         attn = layer.cross_attn_image_to_token
-        k_t = _heads(attn.k_proj(queries + tokens), self.heads).transpose(-1, -2)  # (B, n, H, D, T)
-        v = _heads(attn.v_proj(queries), self.heads)  # (B, n, H, T, D)
-        out = attn.out_proj(_merge_heads(_attend(q_image, k_t, v)))  # (B, n, P, E)
+        weights = logits.unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2)  # (B, n, P, H*T)
+        values = _heads(attn.v_proj(queries), self.heads)  # (B, n, H, T, D)
+        out = weights @ (values @ wo).flatten(-3, -2) + attn.out_proj.bias  # (B, n, P, E): softmax(.) (v Wo)
         return layer.norm4(keys + out)
 
     def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
@@ -211,7 +246,8 @@ class PromptDecoder(nn.Module):
         x = (keys @ self.up1_weight + self.up1_bias).unflatten(-1, (4, -1))  # (B, n, P, 4, E/4): sub-pixels (a, b)
         x = F.layer_norm(x, (x.shape[-1],), self.up_norm_weight, self.up_norm_bias, self.upscale_norm_eps)
         x = self.act(x)
-        x = self.act((x @ self.up2_weight + self.up2_bias).unflatten(-1, (4, -1)))  # (B, n, P, 4, 4, E/8): (a,b), (c,d)
+        # The bias add stays next to the activation (sub-pixels split after it): ONNX Runtime fuses the two.
+        x = self.act(x @ self.up2_weight + self.up2_bias).unflatten(-1, (4, -1))  # (B, n, P, 4, 4, E/8): (a,b), (c,d)
         x = x.flatten(2, 4)  # (B, n, P*16, E/8)
         masks = (x @ hyper.unsqueeze(-1)).squeeze(-1).unflatten(2, (h, w, 2, 2, 2, 2))  # (B, n, i, j, a, b, c, d)
         # Pixel (4i + 2a + c, 4j + 2b + d). Sizes come from the tensor (flatten / unflatten), not from a -1:

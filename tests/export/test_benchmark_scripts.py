@@ -35,7 +35,8 @@ def _run(script: str, args: list[str], out: Path) -> None:
     "script, extra, header, measurements",
     [
         ("export_fullsize.py", ["--classes", "3", "--precisions", "fp32"], "precision", 1),
-        ("runtime_fullsize.py", ["--classes", "3", "--batch", "1,2", "--warmup", "0", "--iters", "1"], "precision", 4),
+        ("runtime_fullsize.py", ["--classes", "3", "--batch", "1,2", "--warmup", "0", "--iters", "1",
+                                 "--graphs", "fp32,fp32-ort-attention"], "graph", 4),
         ("train_efficiency.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1"], "variant", 4),
     ],
 )
@@ -100,3 +101,13 @@ def test_an_ordering_holds_only_beyond_the_larger_std():
     rows = quality.ordering_lines([("a", "b", [0.30, 0.32, 0.34], [0.20, 0.21, 0.22]),  # gap 0.11 > std 0.02
                                    ("c", "d", [0.30, 0.40, 0.50], [0.30, 0.31, 0.32])], 16)  # gap 0.09 < std 0.10
     assert rows == [["a > b", "16", "+11.0", "2.0", "yes"], ["c > d", "16", "+9.0", "10.0", "no"]]
+
+
+def test_decoder_cost_finds_the_graph_layout_cheaper_and_equal_to_sams(tmp_path):
+    out = tmp_path / "decoder.md"
+    _run("decoder_cost.py", ["--prompts", "4", "--chunk", "3", "--grid", "16", "--precisions", "fp32", "--iters", "1"], out)
+    (rows,) = _tables(out)
+    by_layout = {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert set(by_layout) == {"sam", "graph"}
+    assert float(by_layout["graph"]["GFLOP per image"]) < 0.8 * float(by_layout["sam"]["GFLOP per image"])
+    assert all(float(row["max abs mask logit error"]) < 1e-4 for row in by_layout.values())

@@ -235,3 +235,26 @@ def test_a_failed_fp16_conversion_is_one_line_and_writes_nothing(pack_path, tmp_
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and error[0].startswith("Error: FP16 conversion failed:")
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".ssprompt-tmp-*"))
+
+
+def test_ort_attention_export_fuses_every_encoder_attention_and_passes_the_fp16_gate(pack_path, tmp_path):
+    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--fp16",
+                                                 "--ort-attention"])
+    assert result.exit_code == 0, result.output
+    assert "fp16 parity" in result.output and "labels agree" in result.output
+    model = onnx.load(str(tmp_path / "o" / "model.onnx"))
+    fused = [n for n in model.graph.node if n.domain == "com.microsoft"]
+    graph = ExportGraph(model_from_pack(load_pack(pack_path), device="cpu")[0], "ort-attention")
+    assert graph.swapped_attention > 0
+    assert [n.op_type for n in fused] == ["MultiHeadAttention"] * graph.swapped_attention
+    assert not [n for n in model.graph.node if n.op_type == "Softmax" and "image_encoder" in n.name]
+
+
+def test_engine_with_ort_attention_is_refused_in_one_line(pack_path, tmp_path):
+    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--engine",
+                                                 "--ort-attention"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        "Error: --engine: TensorRT cannot build ONNX Runtime's MultiHeadAttention (--ort-attention); export without "
+        "--ort-attention for TensorRT"]
+    assert not (tmp_path / "o").exists()

@@ -49,12 +49,13 @@ def _encoder(window: int) -> nn.Module:
     return encoder
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("window", [4, 3])  # 3 does not divide the 16 x 16 grid: SAM pads to 18 x 18
-def test_encoder_attention_equals_sams_attention(window):
+def test_encoder_attention_equals_sams_attention(window, fused):
     encoder = _encoder(window)
     swapped = copy.deepcopy(encoder)
-    assert swap_encoder_attention(swapped, query_chunk=100) == 2
-    assert all(isinstance(block.attn, EncoderAttention) for block in swapped.blocks)
+    assert swap_encoder_attention(swapped, query_chunk=100, fused=fused) == 2
+    assert all(isinstance(block.attn, EncoderAttention) and block.attn.fused == fused for block in swapped.blocks)
     assert swapped.blocks[1].attn.query_chunk == 100  # global block: 256 queries in 3 chunks
     images = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
@@ -85,3 +86,34 @@ def test_graph_with_padded_windows_runs_at_any_batch_size(tiny_backbones):
             labels, masks = session.run([LABELS, MASK_LOGITS], {INPUT: images[:batch]})
             np.testing.assert_array_equal(labels, want[0][:batch].numpy())
             np.testing.assert_allclose(masks, want[2][:batch].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [4, 3])
+def test_fused_encoder_attention_traces_to_one_multihead_attention_node_a_block(window):
+    """Each block's attention becomes com.microsoft MultiHeadAttention with a query/key head size that is a multiple
+    of 8 (D + h + w, zero-padded), and ONNX Runtime computes what SAM's encoder computes."""
+    ort = pytest.importorskip("onnxruntime")
+    import io
+    import warnings
+
+    import onnx
+
+    encoder = _encoder(window)
+    swapped = copy.deepcopy(encoder)
+    swap_encoder_attention(swapped, query_chunk=100, fused=True)
+    images = torch.randn(2, 3, 256, 256)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's and the tracer's, as export/onnx_export.py does
+        torch.onnx.export(swapped, (images,), buffer, input_names=["images"], opset_version=17, dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    fused = [n for n in model.graph.node if n.domain == "com.microsoft"]
+    assert [n.op_type for n in fused] == ["MultiHeadAttention"] * 2
+    assert not any(n.op_type == "Softmax" for n in model.graph.node)
+    for block in swapped.blocks:
+        side = block.attn.size[0]
+        assert (64 // 2 + 2 * side + block.attn.padding) % 8 == 0 and block.attn.padding < 8  # D = 64 / 2 heads
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = encoder(images).numpy()
+    np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], want, atol=1e-4)
