@@ -17,6 +17,7 @@ import io
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +70,21 @@ def gflop(module: nn.Module, embeddings: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9 / embeddings.shape[0]
 
 
-def onnx_model(module: nn.Module, embeddings: torch.Tensor, precision: str) -> bytes:
+def onnx_models(module: nn.Module, grid: int, precisions: list[str]) -> dict[str, bytes]:
+    """precision -> the module traced once (one image, batch axis dynamic), FP16 by the export's own pass."""
     from ssprompt.export.fp16 import to_fp16
     from ssprompt.export.onnx_export import simplify
 
     import onnx
 
     buffer = io.BytesIO()
-    torch.onnx.export(module, (embeddings,), buffer, input_names=["embeddings"], output_names=["masks", "iou"],
-                      opset_version=17, dynamo=False, dynamic_axes={"embeddings": {0: "batch"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's and the tracer's, as export/onnx_export.py does
+        torch.onnx.export(module, (torch.zeros(1, 256, grid, grid),), buffer, input_names=["embeddings"],
+                          output_names=["masks", "iou"], opset_version=17, dynamo=False,
+                          dynamic_axes={"embeddings": {0: "batch"}})
     model = simplify(onnx.load_from_string(buffer.getvalue()))
-    return (to_fp16(model) if precision == "fp16" else model).SerializeToString()
+    return {p: (to_fp16(model) if p == "fp16" else model).SerializeToString() for p in precisions}
 
 
 def time_onnx(model: bytes, embeddings: np.ndarray, provider: str, warmup: int,
@@ -125,13 +130,13 @@ def main() -> None:
     rows = []
     for name, module in modules.items():
         flops = gflop(module, embeddings[:1])
-        for precision in args.precisions.split(","):
-            print(f"{name} {precision}: export and run", flush=True)
-            seconds, masks, ran = time_onnx(onnx_model(module, embeddings, precision), embeddings.numpy(), args.provider,
-                                            args.warmup, args.iters)
+        print(f"{name}: export", flush=True)
+        for precision, model in onnx_models(module, args.grid, args.precisions.split(",")).items():
+            print(f"{name} {precision}: run", flush=True)
+            seconds, masks, ran = time_onnx(model, embeddings.numpy(), args.provider, args.warmup, args.iters)
             p50 = statistics.median(seconds)
             error = float(np.abs(masks.astype(np.float32) - reference).max())
-            rows.append([name, precision, f"{flops:.1f}", args.batch, f"{1e3 * p50:.1f}", f"{args.batch / p50:.2f}",
+            rows.append([name, precision, f"{flops:.2f}", args.batch, f"{1e3 * p50:.1f}", f"{args.batch / p50:.2f}",
                          f"{error:.2e}", ran])
     lines = header(f"SAM's mask decoder for {args.prompts} prompts alone: SAM's layout against the graph's") + [
         "",

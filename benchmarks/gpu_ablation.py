@@ -3,8 +3,9 @@
 Runs `ssp-bench`'s benchmark on the graphs that export_fullsize.py left in --work: SAM's own
 layout (`--layout sam`: the encoder's attention and the decoder as SAM writes them, FP32 then
 FP16) and the shipped layout (`--layout graph`), then the runtime settings one by one: only the
-label map back to the host, CUDA graph replay (with a fixed batch axis). Rows whose graph is missing
-are left out and say so. Each row is a fresh ONNX Runtime session per batch size in this one
+label map back to the host, CUDA graph replay (with a fixed batch axis); then the default with the
+encoder's attention fused (`--layout ort-attention`). Rows whose graph is missing are left out and
+say so. Each row is a fresh ONNX Runtime session per batch size in this one
 process; ssp-bench in its own process (runtime_fullsize.py) gives the memory figures to quote.
 
     python benchmarks/gpu_ablation.py --work /tmp/ssp-gpu --out benchmarks/results/gpu_ablation_cuda.md

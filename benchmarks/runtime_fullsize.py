@@ -1,8 +1,8 @@
 """ssp-bench at full-size architecture (SAM ViT-B + CLIP ViT-B/16, random weights) on ONNX Runtime.
 
 Runs `ssp-bench` (each graph in its own process, so memory figures are the runtime's alone)
-on the FP32 and FP16 graphs that export_fullsize.py left in --work, or exports them here
-(no parity gate) when --work holds none. Writes one markdown table and a latency plot.
+on the graphs that export_fullsize.py left in --work (FP32 and FP16 by default; --graphs names
+export folders, such as fp16-ort-attention), or exports them here (no parity gate) where missing. Writes one markdown table and a latency plot.
 
     python benchmarks/runtime_fullsize.py --out benchmarks/results/runtime_fullsize_cpu.md
 """
@@ -43,6 +43,8 @@ def models(work: Path, args) -> dict[str, Path]:
     found = {}
     for name in args.graphs.split(","):
         precision, _, layout = name.partition("-")
+        if precision not in ("fp32", "fp16"):
+            raise SystemExit(f"--graphs {name}: a graph's name starts with fp32 or fp16")
         onnx = work / name / "model.onnx"
         if not onnx.is_file():
             pack = work / "pack.pt"

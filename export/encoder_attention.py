@@ -16,9 +16,11 @@ exactly, in one matmul. Queries run in groups of `query_chunk`, so one group's l
 at a time (global attention over 64 x 64 tokens holds 12 x 4096 x 4096 logits an image otherwise).
 
 With `fused`, the same extended queries and keys go to one ONNX Runtime MultiHeadAttention node
-(com.microsoft; its CPU and CUDA kernels never hold the logits: on a GPU, cutlass's
-memory-efficient attention, which takes the query/key head size D+h+w, padded with zeros to a
-multiple of 8, apart from the value head size D). Only ONNX Runtime runs such a graph.
+(com.microsoft). For the global blocks' 4096 tokens its kernels do not hold the logits: on a
+GPU, cutlass's memory-efficient attention, which takes a query/key head size (D+h+w, padded
+with zeros to a multiple of 8) apart from the value head size D; in FP32 only from a sequence
+length ONNX Runtime sets (ORT_MIN_SEQ_LEN_EFFICIENT_ATTENTION_FP32), so small windows may use its
+unfused kernel there. Only ONNX Runtime runs such a graph.
 
 Shapes: B images (or windows), h x w tokens (L = h * w), H heads of D channels, C = H * D.
 """
@@ -29,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EncoderAttention", "swap_encoder_attention", "fused_attention"]
+__all__ = ["EncoderAttention", "swap_encoder_attention"]
 
 
 class _FusedAttention(torch.autograd.Function):
     """softmax(q k^T) v for every head, q pre-scaled. In PyTorch: plain matmuls in query chunks. Traced:
-    one com.microsoft MultiHeadAttention node (scale 1), whose output has the values' shape."""
+    one com.microsoft MultiHeadAttention node (scale 1), whose output has the values' shape.
+    Export only: it has no backward (training uses SAM's own attention)."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, query_chunk: int) -> torch.Tensor:

@@ -109,5 +109,7 @@ def test_decoder_cost_finds_the_graph_layout_cheaper_and_equal_to_sams(tmp_path)
     (rows,) = _tables(out)
     by_layout = {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
     assert set(by_layout) == {"sam", "graph"}
-    assert float(by_layout["graph"]["GFLOP per image"]) < 0.8 * float(by_layout["sam"]["GFLOP per image"])
+    # SAM's decoder computes every later attention's P x I projections per prompt; this layout does not (0.63 of
+    # SAM's FLOPs on this grid; the layout before the re-association was at 0.84).
+    assert float(by_layout["graph"]["GFLOP per image"]) < 0.7 * float(by_layout["sam"]["GFLOP per image"])
     assert all(float(row["max abs mask logit error"]) < 1e-4 for row in by_layout.values())
