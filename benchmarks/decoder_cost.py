@@ -4,7 +4,7 @@ The decoder of every SAM size (E = 256, a 64 x 64 embedding, two-way transformer
 weights and prompts. Each layout is traced to ONNX as the export traces it (legacy exporter,
 onnxslim) and run on ONNX Runtime; its mask logits are compared with SAM's decoder in PyTorch FP32.
 
-- sam:   `train.decoder.decode_masks`, SAM's arithmetic with the embedding copied for every prompt
+- sam:   `export.graph.SamLayoutDecoder` (`train.decoder.decode_masks`: the embedding copied for every prompt)
 - graph: `export.prompt_decoder.PromptDecoder`, what the export ships
 
     python benchmarks/decoder_cost.py --out benchmarks/results/decoder_cost_cpu.md
@@ -30,26 +30,11 @@ from common import header, table_lines, write_report  # noqa: E402
 COLUMNS = ["layout", "precision", "GFLOP per image", "batch", "p50 ms", "images/s", "max abs mask logit error", "provider"]
 
 
-class SamLayout(nn.Module):
-    """decode_masks with its constants held, so it traces like PromptDecoder."""
-
-    def __init__(self, decoder: nn.Module, pe: torch.Tensor, dense: torch.Tensor, sparse: torch.Tensor) -> None:
-        super().__init__()
-        self.decoder = decoder
-        self.register_buffer("pe", pe)
-        self.register_buffer("dense", dense)
-        self.register_buffer("sparse", sparse)
-
-    def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ssprompt.train.decoder import decode_masks
-
-        return decode_masks(self.decoder, embeddings, self.pe, self.sparse, self.dense)
-
-
 def layouts(prompts: int, chunk: int, grid: int) -> dict[str, nn.Module]:
     from segment_anything.modeling import MaskDecoder, TwoWayTransformer
     from segment_anything.modeling.prompt_encoder import PositionEmbeddingRandom
 
+    from ssprompt.export.graph import SamLayoutDecoder
     from ssprompt.export.prompt_decoder import PromptDecoder
 
     torch.manual_seed(0)
@@ -58,7 +43,7 @@ def layouts(prompts: int, chunk: int, grid: int) -> dict[str, nn.Module]:
     pe = PositionEmbeddingRandom(128)((grid, grid)).unsqueeze(0)  # (1, E, h, w)
     dense = torch.randn(1, 256, 1, 1).expand(1, 256, grid, grid).contiguous()  # (1, E, h, w)
     sparse = torch.randn(prompts, 2, 256)  # (N, 2, E): a point and SAM's padding token, each prompt
-    return {"sam": SamLayout(decoder, pe, dense, sparse).eval(),
+    return {"sam": SamLayoutDecoder(decoder, pe, dense, sparse).eval(),
             "graph": PromptDecoder(decoder, pe, dense, sparse, chunk).eval()}
 
 

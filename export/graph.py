@@ -34,7 +34,8 @@ from .prompt_decoder import PromptDecoder
 
 ENCODER_QUERY_CHUNK = 1024  # queries of SAM's global attention whose logits are alive together
 
-__all__ = ["ExportGraph", "ChannelLayerNorm", "LAYOUTS", "ONNX_RUNTIME_ONLY", "dummy_inputs", "output_shapes"]
+__all__ = ["ExportGraph", "ChannelLayerNorm", "SamLayoutDecoder", "LAYOUTS", "ONNX_RUNTIME_ONLY", "dummy_inputs",
+           "output_shapes"]
 
 
 class ChannelLayerNorm(nn.Module):
@@ -70,12 +71,14 @@ class SamLayoutDecoder(nn.Module):
     """The decoder as SAM lays it out (the image embedding copied for every prompt, NCHW upscaling):
     `train.decoder.decode_masks` in one call. Kept for the export ablation (benchmarks/gpu_ablation.py)."""
 
-    def __init__(self, model: SSPrompt, spatial: torch.Tensor) -> None:
+    def __init__(self, decoder: nn.Module, image_pe: torch.Tensor, dense_prompt: torch.Tensor, sparse: torch.Tensor) -> None:
+        """The same arguments as PromptDecoder's, but its chunk: SAM's MaskDecoder, (1, E, h, w) positional
+        encoding, (1, E, h, w) dense prompt, (N, Ts, E) sparse prompts."""
         super().__init__()
-        self.decoder = model.sam.mask_decoder
-        self.register_buffer("spatial", spatial.clone())
-        self.register_buffer("image_pe", model.dense_pe.clone())
-        self.register_buffer("dense", model.no_mask_dense.clone())
+        self.decoder = decoder
+        self.register_buffer("spatial", sparse.clone())
+        self.register_buffer("image_pe", image_pe.clone())
+        self.register_buffer("dense", dense_prompt.clone())
 
     @property
     def sparse_prompts(self) -> torch.Tensor:
@@ -115,7 +118,7 @@ class ExportGraph(nn.Module):
             self.decoder = PromptDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, spatial,
                                          model.config.decoder_chunk)
         else:
-            self.decoder = SamLayoutDecoder(model, spatial)
+            self.decoder = SamLayoutDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, spatial)
         self.image_size = model.image_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
