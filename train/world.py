@@ -4,7 +4,7 @@ learn prompts for.
 
 Pretraining scenes are clean: any colour, shape and texture of the vocabulary on a grey, noisy
 background. The downstream task shifts the conditions, as the paper's ACDC does for Cityscapes:
-fog, low light or heavy sensor noise, backgrounds of patterns never seen in pretraining, and
+fog, low light or heavy sensor noise, backgrounds of grey patterns never seen in pretraining, and
 clutter: distractor objects whose colour or shape differs from every task class, labelled
 background. Its classes are four colour-and-shape pairs, so a prompt must tell "red disc" from a
 red square nearby.
@@ -115,7 +115,9 @@ def _background(kind: str, size: tuple[int, int], rng: np.random.Generator, yy, 
         cell = 8
         coarse = rng.normal(0.0, 10.0, size=(-(-height // cell), -(-width // cell), 1)).astype(np.float32)
         return base + np.repeat(np.repeat(coarse, cell, axis=0), cell, axis=1)[:height, :width]
-    a, b = (rng.uniform(60, 190, size=3).astype(np.float32) for _ in range(2))
+    # Two grey levels, tinted as pretraining's grey is: the pattern is new, its colours are not. Any RGB
+    # here made, say, a green checker: a field of green squares, labelled background.
+    a, b = ((rng.uniform(60, 190) + rng.uniform(-6, 6, size=3)).astype(np.float32) for _ in range(2))
     period = rng.uniform(14, 30)
     if kind == "checker":
         pick = (np.floor(xx / period) + np.floor(yy / period)) % 2 == 0

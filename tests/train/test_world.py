@@ -35,6 +35,17 @@ def test_pretraining_scenes_are_seeded():
     assert not np.array_equal(first.image, pretraining_scene(np.random.default_rng(4)).image)
 
 
+@pytest.mark.parametrize("background", ["checker", "waves"])
+def test_unseen_backgrounds_are_grey_patterns_not_class_colours(background):
+    """Background is labelled background, so a pattern must not be drawn in a class's colour."""
+    spreads = []
+    for seed in range(12):
+        scene = draw_things((96, 96), [], np.random.default_rng(seed), background=background)
+        rgb = scene.image.reshape(-1, 3).astype(np.float32)
+        spreads.append(np.median(rgb.max(1) - rgb.min(1)))  # 0 for a pure grey pixel
+    assert max(spreads) < 25  # a tint of +-6 and pixel noise give 8-12; any RGB colour (as before) gave 39-98
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return make_world(tmp_path_factory.mktemp("world") / "w", n_train=6, n_val=3, seed=5)
