@@ -94,11 +94,12 @@ def main() -> None:
         ordered = sorted(values.items(), key=lambda item: -item[1])[:limit]
         return [[name, f"{ms:.2f}", f"{100 * ms / total:.1f}"] for name, ms in ordered]
 
+    blocking = (" with CUDA_LAUNCH_BLOCKING=1 (every node waits for its kernels)"
+                if result["device"] == "CUDAExecutionProvider" else "")
     lines = header(f"Where the time goes: {args.model.parent.name}/{args.model.name} at batch {args.batch}") + [
         "",
-        f"ONNX Runtime {result['device']}, node profile with CUDA_LAUNCH_BLOCKING=1 (every node waits for its kernels), "
-        f"mean of {args.iters} calls after a dropped first one; {total:.1f} ms of node time a call. Shares matter; the "
-        "absolute sum is slower than an unprofiled call.",
+        f"ONNX Runtime {result['device']}, node profile{blocking}, mean of {args.iters} calls after a dropped first one; "
+        f"{total:.1f} ms of node time a call. Shares matter; the absolute sum is slower than an unprofiled call.",
         "",
         *table_lines(["graph region", "ms per call", "%"], rows(by_region)),
         "",

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on the tiny config and write well-formed tables."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,27 @@ def test_decoder_cost_finds_the_graph_layout_cheaper_and_equal_to_sams(tmp_path)
     # SAM's FLOPs on this grid; the layout before the re-association was at 0.84).
     assert float(by_layout["graph"]["GFLOP per image"]) < 0.7 * float(by_layout["sam"]["GFLOP per image"])
     assert all(float(row["max abs mask logit error"]) < 1e-4 for row in by_layout.values())
+
+
+def test_gpu_profile_splits_node_time_by_graph_region(exported_onnx, tmp_path):
+    out = tmp_path / "profile.md"
+    _run("gpu_profile.py", [str(exported_onnx), "--provider", "cpu", "--batch", "1", "--iters", "1"], out)
+    regions, ops = _tables(out)
+    assert regions[0] == ["graph region", "ms per call", "%"] and ops[0] == ["op type", "ms per call", "%"]
+    # Every node lands in one region by the exporter's names; the encoders and the decoder each have their own.
+    assert {row[0] for row in regions[1:]} == {"SAM image encoder", "dense CLIP features", "mask decoder",
+                                               "classifier, semantic map, resize, argmax"}
+    assert abs(sum(float(row[2]) for row in regions[1:]) - 100) < 0.5
+    assert "MatMul" in {row[0] for row in ops[1:]}
+
+
+def test_gpu_ablation_measures_the_graphs_it_finds_and_lists_the_rest(tmp_path):
+    work = tmp_path / "work"
+    _run("export_fullsize.py", TINY + ["--classes", "3", "--precisions", "fp32", "--work", str(work)], tmp_path / "export.md")
+    out = tmp_path / "ablation.md"
+    _run("gpu_ablation.py", ["--work", str(work), "--provider", "cpu", "--warmup", "0", "--iters", "1"], out)
+    (rows,) = _tables(out)
+    assert [row[:2] for row in rows[1:]] == [["the default, FP32 graph", "fp32"]]
+    parity = json.loads((work / "parity-fp32.json").read_text())["label_agreement"]
+    assert rows[1][-1] == f"{100 * parity:.3f}"
+    assert out.read_text().count("was not exported)") == 6
