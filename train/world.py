@@ -61,6 +61,7 @@ _TASK_PAIRS = [tuple(name.split()) for name in TASK_THINGS]
 _CLUTTER_PAIRS = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in _TASK_PAIRS]
 
 _GREY = (122, 120, 114)
+_TINT = 6.0  # a background grey's per-channel tint, at most
 _MIN_VISIBLE = 60  # pixels an instance must keep after occlusion to count
 
 
@@ -111,13 +112,13 @@ def _background(kind: str, size: tuple[int, int], rng: np.random.Generator, yy, 
     """(H, W, 3) float background: `grey` (pretraining's) or a pattern never seen in pretraining."""
     height, width = size
     if kind == "grey":
-        base = np.array(_GREY, dtype=np.float32) + rng.uniform(-30, 30) + rng.uniform(-6, 6, size=3)
+        base = np.array(_GREY, dtype=np.float32) + rng.uniform(-30, 30) + rng.uniform(-_TINT, _TINT, size=3)
         cell = 8
         coarse = rng.normal(0.0, 10.0, size=(-(-height // cell), -(-width // cell), 1)).astype(np.float32)
         return base + np.repeat(np.repeat(coarse, cell, axis=0), cell, axis=1)[:height, :width]
     # Two grey levels, tinted as pretraining's grey is: the pattern is new, its colours are not. Any RGB
     # here made, say, a green checker: a field of green squares, labelled background.
-    a, b = ((rng.uniform(60, 190) + rng.uniform(-6, 6, size=3)).astype(np.float32) for _ in range(2))
+    a, b = ((rng.uniform(60, 190) + rng.uniform(-_TINT, _TINT, size=3)).astype(np.float32) for _ in range(2))
     period = rng.uniform(14, 30)
     if kind == "checker":
         pick = (np.floor(xx / period) + np.floor(yy / period)) % 2 == 0
