@@ -105,8 +105,11 @@ def header(title: str) -> list[str]:
 
 
 def table_lines(columns: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table's lines."""
-    return [f"| {' | '.join(columns)} |", "|" + "---|" * len(columns), *(f"| {' | '.join(map(str, row))} |" for row in rows)]
+    """A markdown table's lines; a "|" inside a cell is escaped, or it would split the cell."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(columns), "|" + "---|" * len(columns), *(line(row) for row in rows)]
 
 
 def write_report(path: Path, lines: list[str]) -> None:

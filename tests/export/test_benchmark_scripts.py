@@ -138,3 +138,29 @@ def test_gpu_ablation_measures_the_graphs_it_finds_and_lists_the_rest(tmp_path):
     parity = json.loads((work / "parity-fp32.json").read_text())["label_agreement"]
     assert rows[1][-1] == f"{100 * parity:.3f}"
     assert out.read_text().count("was not exported)") == 6
+
+
+def test_fp16_ops_measures_every_kept_list_against_the_shipped_one(tmp_path):
+    from ssprompt.export.fp16 import KEEP_FP32
+
+    out = tmp_path / "fp16_ops.md"
+    _run("fp16_ops.py", TINY + ["--classes", "3", "--images", "2", "--provider", "cpu"], out)
+    (rows,) = _tables(out)
+    by_variant = {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert by_variant["shipped (KEEP_FP32)"]["kept in FP32"] == ", ".join(KEEP_FP32)
+    assert by_variant["everything FP16"]["kept in FP32"] == "none"
+    # Every op type kept in FP32 needs Casts around it: the longer the list, the more of them.
+    casts = {name: int(row["Cast nodes"]) for name, row in by_variant.items()}
+    assert casts["everything FP16"] <= casts["shipped (KEEP_FP32)"] < casts["previous list"]
+    assert all(row["passes the FP16 gate"] in ("yes", "no") for row in by_variant.values())
+
+
+def test_a_pipe_inside_a_table_cell_is_escaped():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from common import table_lines
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    header, separator, row = table_lines(["name", "|err| max"], [["a", "x|y"]])
+    assert header == r"| name | \|err\| max |" and row == r"| a | x\|y |"
+    assert separator.count("|") == 3  # two columns, as the header's unescaped pipes say
