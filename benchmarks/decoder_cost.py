@@ -56,7 +56,11 @@ def gflop(module: nn.Module, embeddings: torch.Tensor) -> float:
 
 
 def onnx_models(module: nn.Module, grid: int, precisions: list[str]) -> dict[str, bytes]:
-    """precision -> the module traced once (one image, batch axis dynamic), FP16 by the export's own pass."""
+    """precision -> the module traced once (one image; the batch axis dynamic in and out), FP16 by the export's own pass.
+
+    The outputs' batch axis must be declared too: traced on one image, the graph layout's masks would keep a fixed
+    batch of 1, and ONNX Runtime refuses a larger batch with "invalid dimensions for output".
+    """
     from ssprompt.export.fp16 import to_fp16
     from ssprompt.export.onnx_export import simplify
 
@@ -67,7 +71,7 @@ def onnx_models(module: nn.Module, grid: int, precisions: list[str]) -> dict[str
         warnings.simplefilter("ignore")  # the legacy exporter's and the tracer's, as export/onnx_export.py does
         torch.onnx.export(module, (torch.zeros(1, 256, grid, grid),), buffer, input_names=["embeddings"],
                           output_names=["masks", "iou"], opset_version=17, dynamo=False,
-                          dynamic_axes={"embeddings": {0: "batch"}})
+                          dynamic_axes={name: {0: "batch"} for name in ("embeddings", "masks", "iou")})
     model = simplify(onnx.load_from_string(buffer.getvalue()))
     return {p: (to_fp16(model) if p == "fp16" else model).SerializeToString() for p in precisions}
 

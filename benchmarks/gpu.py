@@ -18,9 +18,9 @@ listed as skipped; each runs in its own process, with a time limit):
 9. ablation   what each step buys                                  -> gpu_ablation_cuda.md (+ .png)
 10. fp16-ops  FP16 parity by op type kept in FP32                   -> fp16_ops_cuda.md (+ .png)
 
-On the H200 (benchmarks/results/gpu_run_cuda.md) export took 102 s, bench 45, train 96, sam-export 90 and
-ablation 71, and compare was stopped at its 136 s: one call of the default budget (480 s) does not hold
-every step; --steps picks them (DEVELOPERS.md plans two calls).
+On the H200 (benchmarks/results/gpu_run_cuda.md) export took 97 s, bench 42, profile 10, ort-attention 75,
+sam-export 90, ablation 71 and fp16-ops 155 (as committed at 856a448: train 96, compare 226): one call of the
+default budget (480 s) does not hold every step; --steps picks them (DEVELOPERS.md plans two calls).
 
 Every table names the GPU, the driver and the versions in its header. A summary of the run
 (steps, seconds, skipped) goes to gpu_run_cuda.md.

@@ -51,20 +51,23 @@ def profile(model: Path, provider: str, batch: int, iters: int, folder: Path) ->
     return session.get_providers()[0], Path(session.end_profiling())
 
 
-def summarise(path: Path, iters: int) -> tuple[dict, dict, float]:
-    """ms per call by region and by op type, and the total, from the runs after the first."""
+def summarise(path: Path, iters: int) -> tuple[dict, dict, dict, float]:
+    """ms per call by region, by op type and by (region, op type), and the total, from the runs after the first."""
     events = [e for e in json.loads(path.read_text()) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     runs = [e for e in json.loads(path.read_text()) if e.get("cat") == "Session" and e["name"] == "model_run"]
     start = runs[1]["ts"] if len(runs) > 1 else 0  # skip the first call
     by_region: dict[str, float] = defaultdict(float)
     by_op: dict[str, float] = defaultdict(float)
+    by_region_op: dict[tuple[str, str], float] = defaultdict(float)
     for event in events:
         if event["ts"] < start:
             continue
         ms = event["dur"] / 1e3 / iters
+        op = event.get("args", {}).get("op_name", "?")
         by_region[region(event["name"])] += ms
-        by_op[event.get("args", {}).get("op_name", "?")] += ms
-    return by_region, by_op, sum(by_region.values())
+        by_op[op] += ms
+        by_region_op[region(event["name"]), op] += ms
+    return by_region, by_op, by_region_op, sum(by_region.values())
 
 
 def main() -> None:
@@ -88,11 +91,12 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"profiling failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        by_region, by_op, total = summarise(Path(result["profile"]), args.iters)
+        by_region, by_op, by_region_op, total = summarise(Path(result["profile"]), args.iters)
 
     def rows(values: dict, limit: int | None = None) -> list[list[str]]:
         ordered = sorted(values.items(), key=lambda item: -item[1])[:limit]
-        return [[name, f"{ms:.2f}", f"{100 * ms / total:.1f}"] for name, ms in ordered]
+        return [[*([name] if isinstance(name, str) else name), f"{ms:.2f}", f"{100 * ms / total:.1f}"]
+                for name, ms in ordered]
 
     blocking = (" with CUDA_LAUNCH_BLOCKING=1 (every node waits for its kernels)"
                 if result["device"] == "CUDAExecutionProvider" else "")
@@ -104,6 +108,10 @@ def main() -> None:
         *table_lines(["graph region", "ms per call", "%"], rows(by_region)),
         "",
         *table_lines(["op type", "ms per call", "%"], rows(by_op, 20)),
+        "",
+        "The 20 largest (graph region, op type) pairs, % of all node time:",
+        "",
+        *table_lines(["graph region", "op type", "ms per call", "%"], rows(by_region_op, 20)),
     ]
     write_report(args.out, lines)
 

@@ -46,7 +46,8 @@ from onnx import TensorProto, helper
 graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+# IR 8 named: the machine's onnx (1.23) writes IR 14 by default, newer than onnxruntime 1.31 reads.
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 ran = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"]).get_providers()[0]
 print("onnxruntime", ort.__version__, "runs on", ran, "; torch", torch.__version__)
 assert ran == "CUDAExecutionProvider", ran
