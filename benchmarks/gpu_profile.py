@@ -4,7 +4,9 @@ Runs the graph (batch axis fixed, no CUDA graph) with ONNX Runtime's profiler on
 started with CUDA_LAUNCH_BLOCKING=1, so each node's recorded duration is its GPU time rather than
 the time to launch its kernels (the sum is slower than a real call; the shares are what count).
 Regions come from the exporter's node names: SAM's image encoder, the dense CLIP features, the
-mask decoder, and the rest (mask classification, semantic map, resize, argmax).
+mask decoder, and the rest (mask classification, semantic map, resize, argmax). Nodes that ONNX
+Runtime's optimizer made (a fused Gelu is `Gelu_token_596`) have lost those names; they are
+followed, in the optimized graph the session saves, to the tensors they write or read.
 
     python benchmarks/gpu_profile.py /tmp/ssprompt-gpu/fp16/model.onnx --out benchmarks/results/gpu_profile_cuda.md
 """
@@ -31,6 +33,18 @@ def region(node: str) -> str:
     return next((label for key, label in REGIONS if key in node), OTHER)
 
 
+def node_regions(optimized: Path) -> dict[str, str]:
+    """Region of every node of the optimized graph: by its name where the exporter gave it one (names
+    start with '/'), else by the first of its outputs, then its inputs, that names a region."""
+    import onnx
+
+    regions = {}
+    for node in onnx.load(str(optimized), load_external_data=False).graph.node:
+        names = [node.name] if node.name.startswith("/") else [*node.output, *node.input]
+        regions[node.name] = next((region(name) for name in names if region(name) != OTHER), OTHER)
+    return regions
+
+
 def profile(model: Path, provider: str, batch: int, iters: int, folder: Path) -> tuple[str, Path]:
     """One profiled session in this process; returns the provider that ran and the profile's path."""
     import numpy as np
@@ -41,6 +55,7 @@ def profile(model: Path, provider: str, batch: int, iters: int, folder: Path) ->
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(folder / "profile")
+    options.optimized_model_filepath = str(folder / "optimized.onnx")  # what ran, with the optimizer's own nodes
     options.add_free_dimension_override_by_name(BATCH_AXIS, batch)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(model), options, providers=providers)
@@ -51,8 +66,11 @@ def profile(model: Path, provider: str, batch: int, iters: int, folder: Path) ->
     return session.get_providers()[0], Path(session.end_profiling())
 
 
-def summarise(path: Path, iters: int) -> tuple[dict, dict, dict, float]:
-    """ms per call by region, by op type and by (region, op type), and the total, from the runs after the first."""
+def summarise(path: Path, iters: int, regions: dict[str, str]) -> tuple[dict, dict, dict, float]:
+    """ms per call by region, by op type and by (region, op type), and the total, from the runs after the first.
+
+    `regions`: node name -> region (node_regions); a node it lacks goes by its own name.
+    """
     events = [e for e in json.loads(path.read_text()) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     runs = [e for e in json.loads(path.read_text()) if e.get("cat") == "Session" and e["name"] == "model_run"]
     start = runs[1]["ts"] if len(runs) > 1 else 0  # skip the first call
@@ -64,9 +82,11 @@ def summarise(path: Path, iters: int) -> tuple[dict, dict, dict, float]:
             continue
         ms = event["dur"] / 1e3 / iters
         op = event.get("args", {}).get("op_name", "?")
-        by_region[region(event["name"])] += ms
+        node = event["name"].removesuffix("_kernel_time")
+        where = regions.get(node, region(node))
+        by_region[where] += ms
         by_op[op] += ms
-        by_region_op[region(event["name"]), op] += ms
+        by_region_op[where, op] += ms
     return by_region, by_op, by_region_op, sum(by_region.values())
 
 
@@ -91,7 +111,8 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"profiling failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        by_region, by_op, by_region_op, total = summarise(Path(result["profile"]), args.iters)
+        regions = node_regions(Path(tmp) / "optimized.onnx")
+        by_region, by_op, by_region_op, total = summarise(Path(result["profile"]), args.iters, regions)
 
     def rows(values: dict, limit: int | None = None) -> list[list[str]]:
         ordered = sorted(values.items(), key=lambda item: -item[1])[:limit]
