@@ -96,9 +96,9 @@ class EncoderAttention(nn.Module):
             head_dim = source.rel_pos_h.shape[1]
             # Fused: the query/key head size padded with zero columns to a multiple of 8 (memory-efficient attention's).
             self.padding = -(head_dim + h + w) % 8 if fused else 0
-            indicators = torch.cat([torch.zeros(h * w, head_dim), F.one_hot(rows, h).float(), F.one_hot(cols, w).float(),
-                                    torch.zeros(h * w, self.padding)], dim=1)
-            self.register_buffer("key_indicators", indicators)  # (L, D+h+w+pad): zeros, the key's row and column, zeros
+            positions = torch.cat([F.one_hot(rows, h).float(), F.one_hot(cols, w).float(), torch.zeros(h * w, self.padding)],
+                                  dim=1)
+            self.register_buffer("key_positions", positions)  # (L, h+w+pad): the key's row and column, zeros
         self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +119,10 @@ class EncoderAttention(nn.Module):
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, self.rel_h).reshape(batch, self.heads, h * w, h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, self.rel_w).reshape(batch, self.heads, h * w, w)
         queries = torch.cat([q * self.scale, rel_h, rel_w], dim=-1)  # (B, H, L, D+h+w)
-        # [k, 0] + [0, onehot(row), onehot(col)]: padding and a broadcast constant, no batch-sized tensor built.
-        keys_t = (F.pad(k, (0, h + w)) + self.key_indicators.to(k.dtype)).transpose(-1, -2)  # (B, H, D+h+w, L)
+        # One Concat with the broadcast constant: a Pad of k and an Add of [0, onehot(row), onehot(col)] read and write
+        # the whole D+h+w keys twice more (Pad nodes took 12 % of the H200's node time, gpu_profile_cuda.md).
+        positions = self.key_positions.to(k.dtype).expand(batch, self.heads, -1, -1)  # (B, H, L, h+w)
+        keys_t = torch.cat([k, positions], dim=-1).transpose(-1, -2)  # (B, H, D+h+w, L)
         out = [(part @ keys_t).softmax(dim=-1) @ v for part in queries.split(self.query_chunk, dim=2)]  # (B, H, l, D) each
         out = torch.cat(out, dim=2).transpose(1, 2).reshape(batch, h, w, -1)  # (B, h, w, C)
         return self.proj(out)
@@ -133,8 +135,10 @@ class EncoderAttention(nn.Module):
         grid_q = q.reshape(batch, h, w, self.heads, -1)
         rel_h = torch.einsum("bhwnc,hkc->bhwnk", grid_q, self.rel_h).reshape(batch, h * w, self.heads, h)
         rel_w = torch.einsum("bhwnc,wkc->bhwnk", grid_q, self.rel_w).reshape(batch, h * w, self.heads, w)
-        queries = F.pad(torch.cat([q * self.scale, rel_h, rel_w], dim=-1), (0, self.padding))  # (B, L, H, D+h+w+pad)
-        keys = F.pad(k, (0, h + w + self.padding)) + self.key_indicators.unsqueeze(1).to(k.dtype)  # (B, L, H, D+h+w+pad)
+        zeros = [q.new_zeros(()).expand(batch, h * w, self.heads, self.padding)] if self.padding else []  # (B, L, H, pad)
+        queries = torch.cat([q * self.scale, rel_h, rel_w, *zeros], dim=-1)  # (B, L, H, D+h+w+pad)
+        positions = self.key_positions.to(k.dtype)[:, None].expand(batch, -1, self.heads, -1)  # (B, L, H, h+w+pad)
+        keys = torch.cat([k, positions], dim=-1)  # (B, L, H, D+h+w+pad)
         out = fused_attention(queries.flatten(2), keys.flatten(2), v.flatten(2), self.heads, self.query_chunk)  # (B, L, C)
         return self.proj(out.reshape(batch, h, w, -1))
 
