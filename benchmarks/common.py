@@ -43,20 +43,26 @@ def fullsize_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: Path) -> Path:
-    """A pack over full-size backbones holding seeded random weights, with untrained default prompts.
+def random_fullsize_model(sam: str, clip: str, prompts: int, classes: int):
+    """(SSPrompt, its backbones): full-size backbones holding seeded random weights, untrained default prompts.
 
-    Export and runtime behaviour (graph, sizes, latency) do not depend on weight values.
+    Export and runtime behaviour (graph, sizes, latency, FLOPs) do not depend on weight values.
     """
-    from ssprompt.runtime.palette import default_palette
     from ssprompt.train.backbones import load_backbones
     from ssprompt.train.config import ModelConfig
     from ssprompt.train.model import SSPrompt
-    from ssprompt.train.pack import build_pack, save_pack
 
     backbones = load_backbones(sam, clip, random_weights=True)
     names = [f"class {i}" for i in range(classes)]
-    model = SSPrompt(backbones, names, ModelConfig(sam=sam, clip=clip, random_weights=True, num_prompts=prompts))
+    return SSPrompt(backbones, names, ModelConfig(sam=sam, clip=clip, random_weights=True, num_prompts=prompts)), backbones
+
+
+def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: Path) -> Path:
+    """random_fullsize_model saved as a pack at `path`."""
+    from ssprompt.runtime.palette import default_palette
+    from ssprompt.train.pack import build_pack, save_pack
+
+    model, backbones = random_fullsize_model(sam, clip, prompts, classes)
     save_pack(build_pack(model, backbones, default_palette(classes), 255, {}, {}), path)
     return path
 

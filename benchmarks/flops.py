@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, table_lines, write_report  # noqa: E402
+from common import fullsize_parser, header, random_fullsize_model, table_lines, write_report  # noqa: E402
 from gpu_profile import OTHER, REGIONS, region  # noqa: E402
 
 COLUMNS = ["layout", "graph region", "GFLOP per image", "%"]
@@ -55,13 +55,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flops_fullsize.md"))
     args = parser.parse_args()
 
-    from ssprompt.train.backbones import load_backbones
-    from ssprompt.train.config import ModelConfig
-    from ssprompt.train.model import SSPrompt
-
-    backbones = load_backbones(args.sam, args.clip, random_weights=True)
-    model = SSPrompt(backbones, [f"class {i}" for i in range(args.classes)],
-                     ModelConfig(sam=args.sam, clip=args.clip, random_weights=True, num_prompts=args.prompts))
+    model, _ = random_fullsize_model(args.sam, args.clip, args.prompts, args.classes)
     rows = []
     for layout in args.layouts.split(","):
         print(f"counting {layout}", flush=True)

@@ -71,8 +71,9 @@ def summarise(path: Path, iters: int, regions: dict[str, str]) -> tuple[dict, di
 
     `regions`: node name -> region (node_regions); a node it lacks goes by its own name.
     """
-    events = [e for e in json.loads(path.read_text()) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    runs = [e for e in json.loads(path.read_text()) if e.get("cat") == "Session" and e["name"] == "model_run"]
+    trace = json.loads(path.read_text())
+    events = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    runs = [e for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"]
     start = runs[1]["ts"] if len(runs) > 1 else 0  # skip the first call
     by_region: dict[str, float] = defaultdict(float)
     by_op: dict[str, float] = defaultdict(float)

@@ -94,13 +94,9 @@ def test_quality_script_adds_ap_and_pq_where_the_data_has_instances(world_root, 
 
 
 def test_an_ordering_holds_only_beyond_the_larger_std():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
-    rows = quality.ordering_lines([("a", "b", [0.30, 0.32, 0.34], [0.20, 0.21, 0.22]),  # gap 0.11 > std 0.02
-                                   ("c", "d", [0.30, 0.40, 0.50], [0.30, 0.31, 0.32])], 16)  # gap 0.09 < std 0.10
+    rows = _load_script("quality").ordering_lines([
+        ("a", "b", [0.30, 0.32, 0.34], [0.20, 0.21, 0.22]),  # gap 0.11 > std 0.02
+        ("c", "d", [0.30, 0.40, 0.50], [0.30, 0.31, 0.32])], 16)  # gap 0.09 < std 0.10
     assert rows == [["a > b", "16", "+11.0", "2.0", "yes"], ["c > d", "16", "+9.0", "10.0", "no"]]
 
 
