@@ -43,9 +43,15 @@ def count_graph(model, layout: str) -> dict[str, float]:
     from ssprompt.export.graph import ExportGraph, dummy_inputs
 
     graph = ExportGraph(model, layout).eval()
-    # The math backend, as runtime_compare.py counts: every attention product is an explicit matmul.
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        graph(**dummy_inputs(model.image_size))
+    # The math backend, as runtime_compare.py counts: every attention product is an explicit matmul. Without
+    # grad, nn.MultiheadAttention (CLIP's) takes a fused fast path that the counter does not see; turn it off.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            graph(**dummy_inputs(model.image_size))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return flops_by_region(counter.get_flop_counts())
 
 

@@ -182,6 +182,7 @@ def _load_script(name: str):
 
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -208,3 +209,83 @@ def test_flops_script_finds_the_layouts_differ_in_the_decoder_only(tmp_path):
     assert gflop[("graph", "dense CLIP features")] == gflop[("sam", "dense CLIP features")] > 0
     # The graph's decoder skips SAM's per-prompt copies and projections of the image embedding.
     assert gflop[("graph", "mask decoder")] < 0.7 * gflop[("sam", "mask decoder")]
+
+
+
+def _optimized_costs(nodes, inputs, tmp_path, batch: int, initializers=()):
+    """roofline.node_costs of a small graph with one output, `y`, optimised by ONNX Runtime at `batch`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    roofline = _load_script("roofline")
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", inputs, [output], initializer=list(initializers))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+    return roofline.node_costs(roofline.optimized_graph(tmp_path / "g.onnx", batch, tmp_path / "opt.onnx"))
+
+
+@pytest.mark.parametrize("perm", [(0, 1, 2, 3), (0, 1, 3, 2), (1, 2, 0, 3), (1, 2, 3, 0)])
+def test_roofline_counts_a_fused_transposed_matmul_by_its_true_inner_size(perm, tmp_path):
+    from onnx import TensorProto, helper
+
+    product = (2, 3, 5, 7)  # the transposed A: batch (2, 3), M = 5, K = 7
+    a = tuple(product[perm.index(axis)] for axis in range(4))  # stored so that Transpose(perm) gives `product`
+    nodes = [helper.make_node("Transpose", ["a"], ["at"], perm=list(perm), name="/decoder/t"),
+             helper.make_node("MatMul", ["at", "b"], ["y"], name="/decoder/mm")]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, a),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, (2, 3, 7, 4))]
+    (cost,) = _optimized_costs(nodes, inputs, tmp_path, 1)
+    # ONNX Runtime folds each of these transposes into one FusedMatMul (transA, transBatchA or both).
+    assert cost.op == "FusedMatMul" and cost.region == "mask decoder"
+    assert cost.flops == 2 * (2 * 3 * 5 * 4) * 7
+    assert cost.bytes == 4 * (2 * 3 * 5 * 7 + 2 * 3 * 7 * 4 + 2 * 3 * 5 * 4)
+
+
+def test_roofline_counts_bytes_at_the_batch_asked_for_and_reshapes_free(tmp_path):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ssprompt.runtime.contract import BATCH_AXIS
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="/image_encoder/mm"),
+             helper.make_node("Reshape", ["m", "shape"], ["r"], name="/image_encoder/reshape"),
+             helper.make_node("Softmax", ["r"], ["y"], axis=-1, name="/clip_dense/softmax")]
+    constants = [numpy_helper.from_array(np.ones((32, 16), np.float32), "w"),
+                 numpy_helper.from_array(np.array([0, 16, 64], np.int64), "shape")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, (BATCH_AXIS, 64, 32))
+    by_op = {cost.op: cost for cost in _optimized_costs(nodes, [x], tmp_path, 4, constants)}
+    assert by_op["MatMul"].flops == 2 * 4 * 64 * 16 * 32 and by_op["MatMul"].region == "SAM image encoder"
+    assert by_op["MatMul"].bytes == 4 * (4 * 64 * 32 + 32 * 16 + 4 * 64 * 16)
+    assert by_op["Reshape"].bytes == 0
+    assert by_op["Softmax"].bytes == 4 * 2 * (4 * 16 * 64) and by_op["Softmax"].region == "dense CLIP features"
+
+
+def test_roofline_script_splits_the_floor_by_region_and_never_below_the_flop_floor(exported_onnx, tmp_path):
+    out = tmp_path / "roofline.md"
+    _run("roofline.py", [str(exported_onnx), "--batch", "1,2", "--gpu", "h100", "--float-bytes", "2"], out)
+    headline, regions, ops, heaviest = _tables(out)
+    assert [row[1] for row in headline[1:]] == ["1", "2"]
+    for row in headline[1:]:
+        assert float(row[headline[0].index("node floor ms")]) >= float(row[headline[0].index("FLOP floor ms")]) > 0
+    total = dict(zip(headline[0], headline[2]))  # the batch broken down below
+    assert {row[0] for row in regions[1:]} == {"SAM image encoder", "dense CLIP features", "mask decoder",
+                                               OTHER_REGION}
+    gflop = [float(row[regions[0].index("GFLOP per image")]) for row in regions[1:]]
+    assert sum(gflop) == pytest.approx(float(total["GFLOP per image"]), abs=0.2) and min(gflop) >= 0
+    assert abs(sum(float(row[regions[0].index("% of floor")]) for row in regions[1:]) - 100) < 0.5
+    assert len(heaviest) == 1 + 15 and (tmp_path / "roofline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flops_and_roofline_count_the_encoders_alike(exported_onnx, tmp_path):
+    """Two counters, torch's on the traced module and roofline.py's on ONNX Runtime's nodes, must agree where
+    the prompts do not matter (the demo's graph and this random model share the tiny encoders)."""
+    from collections import defaultdict
+
+    model, _ = _load_script("common").random_fullsize_model("tiny", "tiny", 16, 3)
+    by_module = _load_script("flops").count_graph(model, "graph")
+    roofline = _load_script("roofline")
+    by_node = defaultdict(float)
+    for cost in roofline.node_costs(roofline.optimized_graph(exported_onnx, 1, tmp_path / "opt.onnx")):
+        by_node[cost.region] += cost.flops
+    for region in ("SAM image encoder", "dense CLIP features"):
+        assert by_node[region] == pytest.approx(by_module[region], rel=0.01), region
