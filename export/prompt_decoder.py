@@ -237,8 +237,9 @@ class PromptDecoder(nn.Module):
         attn = layer.cross_attn_image_to_token
         weights = logits.unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2)  # (B, n, P, H*T)
         values = _heads(attn.v_proj(queries), self.heads)  # (B, n, H, T, D)
-        out = weights @ (values @ wo).flatten(-3, -2) + attn.out_proj.bias  # (B, n, P, E): softmax(.) (v Wo)
-        return layer.norm4(keys + out)
+        out = weights @ (values @ wo).flatten(-3, -2)  # (B, n, P, E): softmax(.) (v Wo)
+        # The bias goes on the keys: in layer 0 they are each image's (B, 1, P, E), so it is added once an image.
+        return layer.norm4((keys + attn.out_proj.bias) + out)
 
     def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """keys (B, n, P, E), hyper (B, n, E/8) -> mask logits (B, n, 4h, 4w)."""
