@@ -42,7 +42,8 @@ GPUS: dict[str, tuple[float, float]] = {
 }
 FREE_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape", "Constant"})  # views
 FLOAT_TYPES = frozenset({1, 10, 16})  # TensorProto FLOAT, FLOAT16, BFLOAT16
-ELEMENTWISE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Cast", "Erf", "Gelu", "Relu", "Sigmoid", "Clip"})
+ELEMENTWISE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Where", "Cast", "Erf", "Gelu", "Relu", "Sigmoid", "Clip",
+                             "MemcpyFromHost", "MemcpyToHost"})
 
 
 @dataclass
@@ -57,18 +58,22 @@ class NodeCost:
         return max(self.flops / flop_rate, self.bytes / bandwidth)
 
 
-def optimized_graph(model: Path, batch: int, out: Path) -> Path:
-    """ONNX Runtime's optimised graph (extended level, the CPU provider; no layout changes) saved at `out`.
-
-    ONNX Runtime saves a tensor's shape only where the graph it read declared one, so ONNX's shape
-    inference declares them all first."""
+def declare_shapes(model: Path, out: Path) -> Path:
+    """`model` with every tensor's shape that ONNX's shape inference finds declared, saved at `out`. ONNX Runtime
+    saves a tensor's shape with its optimised graph only where the graph it read declared one."""
     import onnx
+
+    onnx.shape_inference.infer_shapes_path(str(model), str(out))
+    return out
+
+
+def optimized_graph(model: Path, batch: int, out: Path) -> Path:
+    """ONNX Runtime's optimised graph (extended level, the CPU provider; no layout changes) saved at `out`."""
     import onnxruntime as ort
 
     from ssprompt.runtime.contract import BATCH_AXIS
 
-    declared = out.with_name(f"declared-{out.name}")
-    onnx.shape_inference.infer_shapes_path(str(model), str(declared))
+    declared = declare_shapes(model, out.with_name(f"declared-{out.name}"))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(out)

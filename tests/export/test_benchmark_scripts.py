@@ -289,3 +289,18 @@ def test_flops_and_roofline_count_the_encoders_alike(exported_onnx, tmp_path):
         by_node[cost.region] += cost.flops
     for region in ("SAM image encoder", "dense CLIP features"):
         assert by_node[region] == pytest.approx(by_module[region], rel=0.01), region
+
+
+def test_gpu_profile_prices_each_region_against_the_graphs_floor(exported_onnx, tmp_path):
+    profile, floor = tmp_path / "profile.md", tmp_path / "roofline.md"
+    _run("gpu_profile.py", [str(exported_onnx), "--provider", "cpu", "--batch", "1", "--iters", "1", "--ceilings", "h100"],
+         profile)
+    _run("roofline.py", [str(exported_onnx), "--batch", "1", "--gpu", "h100"], floor)
+    regions, ops, _ = _tables(profile)
+    assert regions[0][-2:] == ops[0][-2:] == ["floor ms", "time / floor"]
+    # The profiled session's graph is the one roofline.py prices: the regions' floors add up to its node floor.
+    headline = _tables(floor)[0]
+    graph_floor = float(headline[1][headline[0].index("node floor ms")])
+    assert sum(float(row[3]) for row in regions[1:]) == pytest.approx(graph_floor, rel=0.02)
+    # A 2-core CPU is far slower than an H100's rates: every region takes many times its floor.
+    assert all(float(row[4]) > 10 for row in regions[1:])
