@@ -83,17 +83,17 @@ def optimized_graph(model: Path, batch: int, out: Path) -> Path:
     return out
 
 
-def _constant(model, name: str):
-    from onnx import numpy_helper
-
-    return next(numpy_helper.to_array(init) for init in model.graph.initializer if init.name == name)
-
-
 def _complete(model, shapes: dict) -> None:
     """Add the shapes ONNX Runtime saved without fixed sizes or not at all (mostly of tensors its optimizer made:
     outputs of the Reshape, Gemm, Split, Squeeze, Concat, Transpose and elementwise nodes it makes or rewires), in
     graph (topological) order."""
     import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+
+    def constant(name: str) -> np.ndarray:
+        return numpy_helper.to_array(initializers[name])
 
     for node in model.graph.node:
         if all(name in shapes for name in node.output if name):
@@ -101,7 +101,7 @@ def _complete(model, shapes: dict) -> None:
         dims, elem = shapes[node.input[0]]
         axis = _attribute(node, "axis")
         if node.op_type == "Reshape":
-            target = [d if d != 0 else dims[i] for i, d in enumerate(int(v) for v in _constant(model, node.input[1]))]
+            target = [d if d != 0 else dims[i] for i, d in enumerate(int(v) for v in constant(node.input[1]))]
             if -1 in target:
                 target[target.index(-1)] = math.prod(dims) // -math.prod(target)
             outs = [tuple(target)]
@@ -110,11 +110,11 @@ def _complete(model, shapes: dict) -> None:
             weight = shapes[node.input[1]][0]
             outs = [(rows, weight[0] if _attribute(node, "transB") else weight[1])]
         elif node.op_type == "Split":
-            sizes = [int(v) for v in _constant(model, node.input[1])] if len(node.input) > 1 and node.input[1] else \
+            sizes = [int(v) for v in constant(node.input[1])] if len(node.input) > 1 and node.input[1] else \
                 [dims[axis] // len(node.output)] * len(node.output)
             outs = [dims[:axis % len(dims)] + (size,) + dims[axis % len(dims) + 1:] for size in sizes]
         elif node.op_type == "Squeeze":
-            axes = {int(a) % len(dims) for a in _constant(model, node.input[1])}
+            axes = {int(a) % len(dims) for a in constant(node.input[1])}
             outs = [tuple(d for i, d in enumerate(dims) if i not in axes)]
         elif node.op_type == "Concat":
             parts = [shapes[name][0] for name in node.input]
