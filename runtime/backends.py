@@ -141,8 +141,8 @@ class OnnxRuntimeRunner(Runner):
     IOBinding. `cuda_graph` (CUDA provider, with `batch`) builds the session for that batch size
     (the batch axis fixed, every shape computation folded into constants, smaller batches padded)
     and replays each call as one captured CUDA graph over fixed device buffers. It is off by
-    default: on the H200 it saved 0.5 ms at batch 1 but cost 1 image/s and 3.7 GB at batch 8
-    (benchmarks/results/gpu_ablation_cuda.md).
+    default: on the H200 it saved a little time at batch 1 but cost throughput and memory at batch 8
+    (benchmarks/results/gpu_ablation_cuda.md has the figures).
     """
 
     backend = "onnxruntime"

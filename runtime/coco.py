@@ -11,14 +11,14 @@ Shapes: H x W an image, K instances.
 
 from __future__ import annotations
 
-import colorsys
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
 from .instances import Instances, Panoptic
+from .palette import instance_colours
 
-__all__ = ["category_id", "categories", "rle_encode", "instance_records", "panoptic_png", "panoptic_record", "instance_colours",
+__all__ = ["category_id", "categories", "rle_encode", "instance_records", "panoptic_png", "panoptic_record",
            "instance_overlay", "panoptic_overlay"]
 
 
@@ -76,13 +76,6 @@ def panoptic_record(image_id: int, file_name: str, panoptic: Panoptic) -> dict:
     return {"image_id": int(image_id), "file_name": file_name, "segments_info": segments}
 
 
-def instance_colours(count: int) -> np.ndarray:
-    """(count, 3) uint8 distinct colours: hues a golden-ratio step apart, bright and saturated."""
-    hues = (np.arange(count) * 0.618033988749895) % 1.0
-    return np.asarray([[round(255 * v) for v in colorsys.hsv_to_rgb(h, 0.75, 0.95)] for h in hues],
-                      dtype=np.uint8).reshape(count, 3)
-
-
 def _edges(ids: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels whose right or lower neighbour belongs to another segment (0 is no segment)."""
     edges = np.zeros(ids.shape, dtype=bool)
@@ -114,10 +107,12 @@ def instance_overlay(image: np.ndarray, instances: Instances, alpha: float = 0.6
 
 
 def panoptic_overlay(image: np.ndarray, panoptic: Panoptic, palette: Sequence[Sequence[int]], alpha: float = 0.6,
-                     stuff_alpha: float = 0.3) -> np.ndarray:
-    """Each thing segment in its own colour, stuff lighter in its class colour, every segment outlined; void as it is."""
+                     stuff_alpha: float = 0.3, unpainted: Collection[int] = ()) -> np.ndarray:
+    """Each thing segment in its own colour, stuff lighter in its class colour, every segment outlined; void and
+    stuff of the `unpainted` classes (background and the like) as they are, outlined only."""
     things = [s["id"] for s in panoptic.segments if s["thing"]]
     colours = dict(zip(things, instance_colours(len(things))))
-    colours.update({s["id"]: palette[s["class"]] for s in panoptic.segments if not s["thing"]})
+    colours.update({s["id"]: palette[s["class"]] for s in panoptic.segments
+                    if not s["thing"] and s["class"] not in unpainted})
     alphas = {s["id"]: alpha if s["thing"] else stuff_alpha for s in panoptic.segments}
     return _paint(image, panoptic.ids, colours, alphas)

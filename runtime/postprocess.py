@@ -5,6 +5,8 @@ Shapes: H x W an image, h x w its letterboxed extent, S the square input's side.
 
 from __future__ import annotations
 
+from typing import Collection
+
 import numpy as np
 
 from .preprocess import Letterbox
@@ -54,7 +56,12 @@ def colorize(labels: np.ndarray, palette: list[list[int]]) -> np.ndarray:
     return table[np.clip(labels, 0, len(table) - 1)]
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, palette: list[list[int]], alpha: float = 0.5) -> np.ndarray:
-    """Blend the label colours over an (H, W, 3) uint8 image."""
+def overlay(image: np.ndarray, labels: np.ndarray, palette: list[list[int]], alpha: float = 0.5,
+            unpainted: Collection[int] = ()) -> np.ndarray:
+    """Blend the label colours over an (H, W, 3) uint8 image; pixels of the `unpainted` classes stay as they are."""
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, palette).astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    picture = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if unpainted:
+        keep = np.isin(labels, list(unpainted))
+        picture[keep] = image[keep]
+    return picture

@@ -144,7 +144,7 @@ def segment_files(
                     if task == "semantic":
                         record["label"] = f"labels/{stem}.png"
                         write_png(_label_image(result, len(segmenter.class_names)), out / record["label"])
-                        picture = overlay(image, result, segmenter.palette) if with_overlay else None
+                        picture = overlay(image, result, segmenter.palette, unpainted=segmenter.unpainted) if with_overlay else None
                         record["classes"] = [segmenter.class_names[c] for c in np.unique(result)
                                              if c < len(segmenter.class_names)]
                     elif task == "instance":
@@ -156,7 +156,7 @@ def segment_files(
                         write_png(panoptic_png(result.ids), out / record["panoptic"])
                         coco_panoptic.append(panoptic_record(record["image_id"], f"{stem}.png", result))
                         record["segments"] = len(result.segments)
-                        picture = panoptic_overlay(image, result, segmenter.palette) if with_overlay else None
+                        picture = panoptic_overlay(image, result, segmenter.palette, unpainted=segmenter.unpainted) if with_overlay else None
                     if picture is not None:
                         record["overlay"] = f"overlays/{stem}.png"
                         write_png(picture, out / record["overlay"])

@@ -14,6 +14,7 @@ from .contract import CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, GraphMetadat
 from .instances import (InstanceOptions, Instances, Panoptic, PanopticOptions, instances_from_prompts,
                         panoptic_from_prompts)
 from .postprocess import restore_labels
+from .palette import unpainted_classes
 from .preprocess import Letterbox, letterbox
 
 __all__ = ["Segmenter", "check_metadata", "TASKS"]
@@ -38,6 +39,7 @@ class Segmenter:
         self.pad_value = tuple(meta.pad_value)
         self.class_names: list[str] = list(meta.class_names)
         self.palette: list[list[int]] = meta.palette
+        self.unpainted = unpainted_classes(self.class_names)  # overlays leave background and void as they are
         self.thing_classes: list[int] = list(meta.thing_classes)
         self.has_instances = meta.has_instances
 
