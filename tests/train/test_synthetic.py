@@ -119,8 +119,10 @@ def test_custom_void_and_small_size(tmp_path: Path) -> None:
     assert read_image(folder.samples[0].image).shape == (24, 30, 3)
 
 
-@pytest.mark.parametrize("kwargs", [{"void": 2}, {"n_train": 0}, {"size": (8, 8)}])
-def test_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [({"void": 2}, r"void must be in \[\d+, 255\], got 2"),
+                                             ({"n_train": 0}, "n_train and n_val must be >= 1, got 0"),
+                                             ({"size": (8, 8)}, r"size must be at least \d+x\d+, got \(8, 8\)")])
+def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         make_synthetic(tmp_path / "bad", **kwargs)
     assert not (tmp_path / "bad").exists()

@@ -131,9 +131,24 @@ def test_second_run_reads_every_encoder_output_from_the_cache(demo_run, world_ro
     assert summary["cache_hits"] == 2 * summary["images"] + DEMO_WORLD["n_val"]  # both flips of each shot, then the val split
 
 
-def test_weights_plot_is_a_png(demo_run):
-    plot = demo_run[1].parent / "weights.png"
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_weights_plot_draws_the_packs_fusion_weights(demo_run, tmp_path, monkeypatch):
+    import matplotlib.axes
+    import torch
+    from PIL import Image
+
+    from ssprompt.train.pack import load_pack
+    from ssprompt.train.plots import plot_fusion_weights
+
+    drawn = []
+    draw_bars = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda ax, x, height, **kw: drawn.append(list(height)) or draw_bars(ax, x, height, **kw))
+    pack = load_pack(demo_run[1])
+    plot = plot_fusion_weights(pack, tmp_path / "weights.png")
+    semantic, spatial = drawn
+    assert semantic == pytest.approx(torch.sigmoid(pack.learned["semantic_weight_logit"]).tolist())
+    assert spatial == pytest.approx(torch.sigmoid(pack.learned["spatial_weight_logit"]).tolist())
+    assert Image.open(plot).size == (720, 780)  # 6 x 6.5 inches at 120 dpi: five classes fit the minimum width
 
 
 def test_ssp_train_bad_folder_is_one_line_and_nonzero(tmp_path):
