@@ -33,7 +33,7 @@ def _dims(dims: "trt.Dims") -> tuple[int, ...]:
 class TensorRTRunner(Runner):
     """A TensorRT 10 engine; GPU time of the last call in `last_gpu_ms`.
 
-    Takes any batch within the engine's optimisation profile, `min_batch` .. `max_batch`.
+    Takes any batch up to the optimisation profile's `max_batch` (one below its `min_batch` padded).
     """
 
     backend = "tensorrt"
@@ -88,11 +88,18 @@ class TensorRTRunner(Runner):
             self._buffers[spec.name] = (cuda.DeviceBuffer(nbytes), cuda.PinnedBuffer(shape, spec.dtype))
 
     def infer(self, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """One batch of `min_batch` .. `max_batch` images; returns the outputs named in `outputs` (all by default)."""
+        """One batch of up to `max_batch` images; returns the outputs named in `outputs` (all by default).
+
+        A batch smaller than the profile's `min_batch` is padded with copies of its last item, and cut back after.
+        """
         from . import cuda
 
         if self._context is None or self._stream is None:
             raise ModelError(f"{self.path}: the runner is not active (use it in a with block, or call activate)")
+        count = next(iter(feed.values())).shape[0] if feed else 0
+        if 0 < count < self.min_batch:
+            padded = {name: np.concatenate([a, np.repeat(a[-1:], self.min_batch - count, axis=0)]) for name, a in feed.items()}
+            return {name: value[:count] for name, value in self.infer(padded, outputs).items()}
         context, stream = self._context, self._stream
         self.check_feed(feed)
         output_names = [spec.name for spec in self.outputs]

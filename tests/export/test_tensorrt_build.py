@@ -170,3 +170,11 @@ def test_a_build_without_any_timing_cache_writes_the_plan_and_leaves_the_old_cac
     build_engine(tmp_path / "m.onnx", tmp_path / "m.plan", 8, BatchRange(1, 1, 1), True, 512, cache, "cd34", log=lines.append)
     assert (tmp_path / "m.plan").read_bytes() == b"serialized plan" and cache.read_bytes() == b"another gpu's"
     assert lines[1] == f"{cache}: TensorRT could not start a timing cache; building without one"
+
+
+def test_a_folder_of_tensorrt_type_stubs_on_the_path_is_not_taken_for_tensorrt(tmp_path, monkeypatch):
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Builder: ...\n")  # what tensorrt-stubs installs
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    assert not export_tensorrt.tensorrt_available()

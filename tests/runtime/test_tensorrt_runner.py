@@ -1,5 +1,5 @@
 """The TensorRT runner's decisions, against fakes of the TensorRT objects and of runtime/cuda.py (neither TensorRT
-nor a GPU is here): the profile's batch range, TensorRT refusing an input shape, activating twice, and an engine
+nor a GPU is here): the profile's batch range (a smaller batch padded), TensorRT refusing an input shape, activating twice, and an engine
 whose sidecar was never completed after trtexec. The calls themselves are type-checked (.ci/typecheck)."""
 
 import sys
@@ -160,10 +160,15 @@ def test_a_batch_within_the_profile_runs(fake_tensorrt, plan):
     np.testing.assert_array_equal(out["doubled"], images.astype(np.int32) * 2)
 
 
-@pytest.mark.parametrize("batch", [1, 5])
-def test_a_batch_outside_the_profile_is_refused_before_tensorrt_runs(fake_tensorrt, plan, batch):
-    with open_runner(plan) as runner, pytest.raises(ValueError, match=rf"batch {batch} is outside the engine's profile, 2 to 4"):
-        runner.infer({"images": np.zeros((batch, 4), np.uint8)})
+def test_a_batch_below_the_profiles_minimum_is_padded_and_cut_back(fake_tensorrt, plan):
+    with open_runner(plan) as runner:
+        out = runner.infer({"images": np.full((1, 4), 7, np.uint8)})
+    np.testing.assert_array_equal(out["doubled"], np.full((1, 4), 14, np.int32))
+
+
+def test_a_batch_above_the_profiles_maximum_is_refused_before_tensorrt_runs(fake_tensorrt, plan):
+    with open_runner(plan) as runner, pytest.raises(ValueError, match=r"batch 5 is outside the engine's profile, 2 to 4"):
+        runner.infer({"images": np.zeros((5, 4), np.uint8)})
 
 
 def test_an_input_shape_tensorrt_refuses_is_named_not_reported_as_a_failed_run(fake_tensorrt, plan):
