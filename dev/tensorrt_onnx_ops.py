@@ -72,6 +72,14 @@ def parse(markdown: str) -> tuple[dict, dict]:
     return supported, unsupported
 
 
+def _dumps(data: dict) -> str:
+    """JSON with one line per operator, so that a change to the list reads as a change to its operators."""
+    def block(value: dict, indent: str) -> str:
+        return "{\n" + ",\n".join(f"{indent} {json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()) + f"\n{indent}}}"
+    fields = [f' {json.dumps(k)}: {block(v, " ") if k == "supported" else json.dumps(v)}' for k, v in data.items()]
+    return "{\n" + ",\n".join(fields) + "\n}\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("markdown", type=Path, help="onnx-tensorrt's docs/operators.md")
@@ -95,7 +103,7 @@ def main() -> None:
         "supported": supported,
         "unsupported": sorted(unsupported),
     }
-    OUT.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    OUT.write_text(_dumps(data))
     print(f"wrote {OUT}: {len(supported)} supported, {len(unsupported)} unsupported operators")
 
 
