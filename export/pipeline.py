@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from dataclasses import dataclass
@@ -9,23 +10,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ssprompt.runtime.contract import CONTRACT_VERSION, GraphMetadata
+from ssprompt.runtime.contract import CONTRACT_VERSION, EngineFacts, GraphMetadata
 from ssprompt.runtime.files import atomic_folder, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
+from ssprompt.runtime.sidecar import PENDING, write_sidecar
 from ssprompt.train.backbones import file_sha256
 from ssprompt.train.pack import Pack
 
 from .fp16 import KEEP_FP32, to_fp16
 from .onnx_export import export_onnx, write_model
 from .parity import Parity, check_parity
-from .tensorrt import BatchRange, build_engine, tensorrt_available, trtexec_command, write_sidecar
+from .tensorrt import BatchRange, build_engine, build_script, tensorrt_available
 
 __all__ = ["ExportError", "ExportResult", "export_pack", "graph_metadata", "calibration_images"]
 
 DEFAULT_BATCH = BatchRange(1, 1, 8)
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
+BUILD_SCRIPT = "build_engine.sh"  # trtexec, then the sidecar completed (where TensorRT is absent at export)
 
 
 class ExportError(RuntimeError):
@@ -40,7 +43,7 @@ class ExportResult:
     seconds: float  # wall time of the whole export
     onnx_bytes: int  # size of the ONNX model (with external data)
     engine: Path | None  # TensorRT plan, when one was built
-    trtexec: str | None  # the command to build it elsewhere, when TensorRT is absent
+    trtexec: str | None  # the command that builds it elsewhere (sh OUT/build_engine.sh), when TensorRT is absent
     triton: list[Path]  # config.pbtxt files written
 
 
@@ -170,16 +173,23 @@ def export_pack(
         plan_path, command = None, None
         cache = timing_cache or out.with_name(out.name + ".timing.cache")
         if engine:
+            onnx_sha256 = file_sha256(onnx_path)
             if tensorrt_available():
                 facts = build_engine(onnx_path, tmp / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache,
-                                     file_sha256(onnx_path), log)
+                                     onnx_sha256, log)
                 write_sidecar(tmp / PLAN_FILE, metadata, facts)
                 plan_path = out / PLAN_FILE
-            else:
-                command = trtexec_command(out / MODEL_FILE, out / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache)
-                (tmp / "build_engine.sh").write_text("#!/bin/sh\n# Build the TensorRT engine on the target machine.\n" + command + "\n")
-                log("tensorrt does not import here: build the engine on the target machine with")
-                log(f"  {command}")
+            else:  # the sidecar waits for build_engine.sh to record the TensorRT version and GPU it built with
+                write_sidecar(tmp / PLAN_FILE, metadata, EngineFacts(PENDING, PENDING, [batch.min, batch.opt, batch.max],
+                                                                     onnx_sha256))
+                # The script runs in its folder, wherever that is copied: the default cache sits beside the folder there too.
+                script_cache = Path("..", cache.name) if timing_cache is None else cache.resolve()
+                script = tmp / BUILD_SCRIPT
+                script.write_text(build_script(MODEL_FILE, PLAN_FILE, model.image_size, batch, fp16, workspace_mib, script_cache))
+                script.chmod(0o755)
+                command = f"sh {shlex.quote(str(out / BUILD_SCRIPT))}"
+                log(f"tensorrt does not import here: build the engine on the target machine with `{command}` "
+                    f"(trtexec, then the build is recorded in {PLAN_FILE}.json)")
 
         triton_configs = []
         if triton:

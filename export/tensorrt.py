@@ -1,21 +1,27 @@
-"""TensorRT 10 engine building (Python API) and the equivalent trtexec command line.
+"""TensorRT 10 engine building (Python API) and the equivalent build script for trtexec.
 
-This code cannot run on the project's CI (no TensorRT, no GPU): every call below was checked
-against the TensorRT 10 Python API documentation, and tests exercise it only where
-`tensorrt` imports. It is kept deliberately small.
+Neither can run on the project's CI (no TensorRT, no GPU). What is checked there instead
+(docs/tensorrt.md): mypy, strict, against the TensorRT bindings' stubs (`.ci/typecheck`); the
+calls whose results matter, against fakes of the TensorRT objects; the trtexec line and the script;
+and every op of the exported graphs against the ONNX-TensorRT parser's operator list.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from ssprompt.runtime.contract import INPUT, EngineFacts, GraphMetadata
+from ssprompt.runtime.contract import INPUT, EngineFacts
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.gpu import UNKNOWN_GPU, gpu_name
+from ssprompt.runtime.sidecar import SIDECAR_MODULE
 
-__all__ = ["BatchRange", "tensorrt_available", "build_engine", "trtexec_command"]
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+__all__ = ["BatchRange", "tensorrt_available", "build_engine", "trtexec_command", "build_script"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,12 @@ class BatchRange:
 
 
 def tensorrt_available() -> bool:
+    """Whether the real TensorRT bindings import (a folder of type stubs named tensorrt imports too, empty)."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
         return False
-    return True
+    return hasattr(tensorrt, "Builder")
 
 
 def _shape(batch: int, image_size: int) -> str:
@@ -50,7 +57,7 @@ def _shape(batch: int, image_size: int) -> str:
 
 def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
                     workspace_mib: int, timing_cache: Path) -> str:
-    """The trtexec line that builds the same engine on the target machine.
+    """The trtexec line that builds the same engine on the target machine (paths shell-quoted).
 
     With an FP16 ONNX graph (precision already in the file) TensorRT 10 builds it strongly
     typed; TensorRT 11 always does and has no --fp16 flag.
@@ -62,21 +69,44 @@ def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: Ba
         f"--minShapes={_shape(batch.min, image_size)}",
         f"--optShapes={_shape(batch.opt, image_size)}",
         f"--maxShapes={_shape(batch.max, image_size)}",
-        f"--memPoolSize=workspace:{workspace_mib}M",
+        # A plain number is MiB on every 10.x; trtexec 10.0 multiplies a value with a unit by 2^20 once more.
+        f"--memPoolSize=workspace:{workspace_mib}",
         f"--timingCacheFile={timing_cache}",
     ]
     if fp16:
         parts.append("--stronglyTyped")
-    return " ".join(parts)
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def build_script(onnx_name: str, plan_name: str, image_size: int, batch: BatchRange, fp16: bool, workspace_mib: int,
+                 timing_cache: Path) -> str:
+    """build_engine.sh, run from anywhere on the target machine: trtexec writes the plan under a temporary name, it is
+    renamed when complete, and the sidecar ssp-export wrote is completed with the TensorRT version and GPU."""
+    partial = plan_name + ".partial"
+    command = trtexec_command(Path(onnx_name), Path(partial), image_size, batch, fp16, workspace_mib, timing_cache)
+    return "\n".join([
+        "#!/bin/sh",
+        "# Build the TensorRT engine on the target machine (TensorRT 10 and pip install 'ssprompt[tensorrt]'), then",
+        f"# record in {plan_name}.json what it was built with: ssp-run refuses the engine until then.",
+        "set -eu",
+        'cd "$(dirname "$0")"',
+        command,
+        f"mv {shlex.quote(partial)} {shlex.quote(plan_name)}",
+        f'"${{PYTHON:-python3}}" -m {SIDECAR_MODULE} {shlex.quote(plan_name)} {shlex.quote(onnx_name)}',
+        "",
+    ])
 
 
 def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
-                 workspace_mib: int, timing_cache: Path, onnx_sha256: str, log=print) -> EngineFacts:
+                 workspace_mib: int, timing_cache: Path, onnx_sha256: str,
+                 log: Callable[[str], None] = print) -> EngineFacts:
     """Build and write a serialized engine; returns the facts for the sidecar.
 
     FP16: the ONNX graph is already FP16 with normalisations in FP32, so the network is
     created strongly typed and TensorRT follows the graph's types (the TensorRT 11 way,
-    supported since 10.0). FP32: a default network.
+    supported since 10.0). FP32: a default network. The timing cache is an aid: one that is
+    corrupt, or from another GPU or TensorRT, is replaced by a fresh one, and one that cannot be
+    saved is reported, never failing a build that succeeded.
     """
     import tensorrt as trt
 
@@ -92,26 +122,40 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     profile = builder.create_optimization_profile()
-    shape = lambda b: (b, image_size, image_size, 3)  # noqa: E731
-    profile.set_shape(INPUT, shape(batch.min), shape(batch.opt), shape(batch.max))
+    profile.set_shape(INPUT, *(trt.Dims([b, image_size, image_size, 3]) for b in (batch.min, batch.opt, batch.max)))
     config.add_optimization_profile(profile)
-    cache_blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _attach_timing_cache(config, timing_cache, log)
 
-    log(f"building TensorRT {trt.__version__} engine ({'fp16' if fp16 else 'fp32'}, batch {batch.min}:{batch.opt}:{batch.max}); this takes minutes")
+    log(f"building TensorRT {trt.__version__} engine ({'fp16' if fp16 else 'fp32'}, batch {batch.min}:{batch.opt}:{batch.max}); "
+        "this takes minutes")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
-    plan_path.write_bytes(bytes(plan))
-    with atomic_path(timing_cache) as tmp:  # shared between builds: never leave half a cache
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    plan_path.write_bytes(memoryview(plan))
+    _save_timing_cache(config, timing_cache, log)
     return EngineFacts(trt.__version__, gpu_name() or UNKNOWN_GPU, [batch.min, batch.opt, batch.max], onnx_sha256)
 
 
-def write_sidecar(plan_path: Path, metadata: GraphMetadata, facts: EngineFacts) -> Path:
-    """The engine's metadata (the graph's, and what it was built with) as JSON beside it, in the contract's form."""
-    sidecar = plan_path.with_suffix(plan_path.suffix + ".json")
-    with atomic_path(sidecar) as tmp:
-        tmp.write_text(json.dumps(replace(metadata, engine=facts).encode(), indent=2))
-    return sidecar
+def _attach_timing_cache(config: "trt.IBuilderConfig", path: Path, log: Callable[[str], None]) -> None:
+    """Attach the cache at `path`, or a fresh one where it is absent, corrupt or from another GPU or TensorRT."""
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    if blob:
+        problem = "is not a TensorRT timing cache" if cache is None else "is from another GPU or TensorRT version"
+        log(f"{path}: {problem}; starting a fresh one (it is replaced after the build)")
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        log(f"{path}: TensorRT could not start a timing cache; building without one")
+
+
+def _save_timing_cache(config: "trt.IBuilderConfig", path: Path, log: Callable[[str], None]) -> None:
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    try:
+        with atomic_path(path) as tmp:  # shared between builds: never leave half a cache
+            tmp.write_bytes(memoryview(cache.serialize()))
+    except OSError as err:
+        log(f"{path}: the timing cache could not be saved ({err.strerror or err}); the engine is built")

@@ -6,20 +6,18 @@ returns outputs as a name → array dict:
     with open_runner("model.onnx") as runner:
         outputs = runner.infer({INPUT: batch})
 
-TensorRT and the CUDA bindings are imported only when a TensorRT runner activates.
+The TensorRT runner lives in tensorrt_runner.py; TensorRT and the CUDA bindings are imported only when it activates.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .contract import BATCH_AXIS, EngineFacts, GraphMetadata, MetadataError
-from .gpu import UNKNOWN_GPU, gpu_name
+from .contract import BATCH_AXIS, GraphMetadata, MetadataError
 from .images import error_reason
 
 __all__ = [
@@ -27,10 +25,8 @@ __all__ = [
     "TensorSpec",
     "Runner",
     "OnnxRuntimeRunner",
-    "TensorRTRunner",
     "open_runner",
     "BACKENDS",
-    "check_sidecar",
     "tensorrt_libraries_load",
     "ENGINE_SUFFIXES",
 ]
@@ -341,112 +337,10 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
 
-# --------------------------------------------------------------------------- TensorRT
+def _tensorrt_runner(path: Path) -> Runner:
+    from .tensorrt_runner import TensorRTRunner  # it builds on this module's Runner
 
-
-def check_sidecar(plan: Path, facts: EngineFacts, tensorrt_version: str, gpu: str | None) -> None:
-    """Refuse an engine built with another TensorRT version or on another GPU."""
-    gpu = gpu or UNKNOWN_GPU
-    if facts.tensorrt_version != tensorrt_version or facts.gpu != gpu:
-        raise ModelError(
-            f"{plan}: built with TensorRT {facts.tensorrt_version} on {facts.gpu}, this is TensorRT {tensorrt_version} on "
-            f"{gpu}; rebuild it here with ssp-export --engine (or the trtexec line in build_engine.sh)"
-        )
-
-
-class TensorRTRunner(Runner):
-    """A TensorRT 10 engine: name-based I/O, device buffers sized for the profile's max batch,
-    pinned host buffers, one CUDA stream; GPU time of the last call in `last_gpu_ms`."""
-
-    backend = "tensorrt"
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path)
-        self.last_gpu_ms: float | None = None
-        self._buffers: dict = {}
-
-    def activate(self) -> None:
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise ModelError(f"{self.path}: TensorRT engines need the tensorrt package (pip install 'ssprompt[tensorrt]')") from None
-        from . import cuda
-
-        sidecar_path = self.path.with_suffix(self.path.suffix + ".json")
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: engine not found")
-        if not sidecar_path.is_file():
-            raise ModelError(f"{sidecar_path}: missing; the engine's metadata comes from this file written by ssp-export")
-        try:
-            sidecar = json.loads(sidecar_path.read_text())
-            meta = GraphMetadata.decode(sidecar) if isinstance(sidecar, dict) else None
-        except (OSError, ValueError) as err:  # MetadataError is a ValueError
-            raise ModelError(f"{sidecar_path}: not a readable sidecar ({error_reason(err)})") from None
-        if meta is None or meta.engine is None:
-            raise ModelError(f"{sidecar_path}: not an ssprompt engine sidecar of this version (no engine facts); "
-                             "rebuild it with ssp-export --engine")
-        check_sidecar(self.path, meta.engine, trt.__version__, gpu_name())
-        self.metadata = meta
-
-        self._trt = trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise ModelError(f"{self.path}: TensorRT cannot deserialize it (corrupt, or another TensorRT version)")
-        self.context = self.engine.create_execution_context()
-        self.stream = cuda.Stream()
-        self.device = gpu_name() or "GPU"
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            spec = TensorSpec(name, dtype, tuple(self.engine.get_tensor_shape(name)))
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self.inputs if is_input else self.outputs).append(spec)
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.inputs[0].name, 0)[2][0])
-        for spec in self.inputs + self.outputs:
-            shape = (self.max_batch, *[int(d) for d in spec.shape[1:]])
-            if any(d < 0 for d in shape):  # data-dependent dims: size them from the input profile
-                shape = tuple(self.context.get_tensor_shape(spec.name))
-            nbytes = int(np.prod(shape)) * spec.dtype.itemsize
-            self._buffers[spec.name] = (cuda.DeviceBuffer(nbytes), cuda.PinnedBuffer(shape, spec.dtype))
-
-    def infer(self, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        from . import cuda
-
-        self.check_feed(feed)
-        wanted = set(spec.name for spec in self.outputs) if outputs is None else set(outputs)
-        batch = next(iter(feed.values())).shape[0]
-        if batch > self.max_batch:
-            raise ValueError(f"{self.path}: batch {batch} exceeds the engine's maximum {self.max_batch}")
-        for name, array in feed.items():
-            device, host = self._buffers[name]
-            view = host.array[: array.shape[0]]
-            view[...] = array
-            self.context.set_input_shape(name, array.shape)
-            device.copy_from_host(view, self.stream)
-        for name, (device, _) in self._buffers.items():
-            self.context.set_tensor_address(name, device.ptr)
-        with cuda.EventTimer(self.stream) as timer:
-            if not self.context.execute_async_v3(int(self.stream.handle)):
-                raise RuntimeError(f"{self.path}: TensorRT execution failed")
-        results = {}
-        for spec in self.outputs:
-            if spec.name not in wanted:
-                continue
-            device, host = self._buffers[spec.name]
-            shape = tuple(self.context.get_tensor_shape(spec.name))
-            view = host.array.reshape(-1)[: int(np.prod(shape))].reshape(shape)
-            device.copy_to_host(view, self.stream)
-            results[spec.name] = view
-        self.stream.synchronize()
-        self.last_gpu_ms = timer.elapsed_ms()
-        return {name: array.copy() for name, array in results.items()}
-
-    def deactivate(self) -> None:
-        for device, host in self._buffers.values():
-            device.free()
-            host.free()
-        self._buffers = {}
+    return TensorRTRunner(path)
 
 
 def open_runner(path: str | Path, backend: str = "auto", provider: str = "auto", batch: int | None = None,
@@ -467,6 +361,6 @@ def open_runner(path: str | Path, backend: str = "auto", provider: str = "auto",
 # A new backend plugs in here: name -> builder(path, provider, batch, cuda_graph) of a Runner
 # (activate / infer / deactivate); ssp-run and ssp-bench offer every name as --backend.
 BACKENDS = {
-    "tensorrt": lambda path, provider, batch, cuda_graph: TensorRTRunner(path),
+    "tensorrt": lambda path, provider, batch, cuda_graph: _tensorrt_runner(path),
     "onnxruntime": OnnxRuntimeRunner,
 }

@@ -1,12 +1,15 @@
-"""Just enough CUDA for the TensorRT runner, through cuda-python's runtime bindings (no torch).
+"""Just enough CUDA for the TensorRT runner, through cuda-bindings' runtime API (no torch).
 
 `cuda.bindings.runtime` calls return a tuple whose first element is the error code; `_call`
-unwraps it. Imported only by the TensorRT runner.
+unwraps it. Imported only by the TensorRT runner. The bindings carry no type information: the
+type check (`.ci/typecheck`) generates stubs from the installed wheel, so a misspelled function or
+enum member fails it.
 """
 
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import numpy as np
 from cuda.bindings import runtime as cudart
@@ -14,7 +17,8 @@ from cuda.bindings import runtime as cudart
 __all__ = ["DeviceBuffer", "PinnedBuffer", "Stream", "EventTimer", "memory_in_use"]
 
 
-def _call(result):
+def _call(result: tuple[Any, ...]) -> Any:
+    """The value(s) after the error code of a cuda.bindings call; RuntimeError where the code is not success."""
     err, *values = result
     if err != cudart.cudaError_t.cudaSuccess:
         _, text = cudart.cudaGetErrorString(err)
@@ -30,10 +34,15 @@ def memory_in_use() -> int:
 
 class Stream:
     def __init__(self) -> None:
-        self.handle = _call(cudart.cudaStreamCreate())
+        self.handle: Any = _call(cudart.cudaStreamCreate())  # a cudaStream_t; int(handle) is the raw pointer
 
     def synchronize(self) -> None:
         _call(cudart.cudaStreamSynchronize(self.handle))
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            _call(cudart.cudaStreamDestroy(self.handle))
+            self.handle = None
 
 
 class DeviceBuffer:
@@ -56,17 +65,17 @@ class DeviceBuffer:
 
 
 class PinnedBuffer:
-    """Page-locked host memory as a numpy array, so async copies really overlap."""
+    """Page-locked host memory as a numpy array of `shape` and `dtype`, so async copies really overlap."""
 
-    def __init__(self, shape: tuple, dtype: np.dtype) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         self.ptr = int(_call(cudart.cudaMallocHost(max(nbytes, 1))))
         raw = (ctypes.c_byte * max(nbytes, 1)).from_address(self.ptr)
-        self.array = np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+        self.array: np.ndarray = np.frombuffer(memoryview(raw).cast("B"), dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
 
     def free(self) -> None:
         if self.ptr:
-            self.array = None
+            self.array = np.empty(0, np.uint8)  # no view of the freed memory stays reachable
             _call(cudart.cudaFreeHost(self.ptr))
             self.ptr = 0
 
@@ -83,7 +92,7 @@ class EventTimer:
         _call(cudart.cudaEventRecord(self.start, self.stream.handle))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         _call(cudart.cudaEventRecord(self.end, self.stream.handle))
 
     def elapsed_ms(self) -> float:

@@ -10,6 +10,7 @@ and is removed by the next writer in that folder on the same host, once its pid 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["TEMPORARY_PREFIX", "atomic_path", "atomic_folder", "write_text_atomic", "is_temporary",
-           "remove_stale_temporaries", "terminate_like_interrupt"]
+           "remove_stale_temporaries", "terminate_like_interrupt", "file_sha256"]
 
 TEMPORARY_PREFIX = ".ssprompt-tmp-"
 
@@ -135,6 +136,15 @@ def _replace_folder(tmp: Path, final: Path, marker: str) -> None:
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -55,3 +55,23 @@ def exported_onnx(demo_run, tmp_path_factory) -> Path:
     from ssprompt.export.pipeline import export_pack
 
     return export_pack(demo_run[1], tmp_path_factory.mktemp("export") / "model", log=lambda *_: None).onnx
+
+
+@pytest.fixture
+def fake_trtexec_env(tmp_path_factory) -> dict:
+    """Environment for running an export's build_engine.sh here: a `trtexec` on PATH that writes the engine file it
+    is asked for (and exits with $FAKE_TRTEXEC_EXIT, 0 by default), and a `tensorrt` module of version 10.9.0.34
+    for the sidecar's completion."""
+    import os
+    import sys
+
+    bin_dir = tmp_path_factory.mktemp("fake-bin")
+    trtexec = bin_dir / "trtexec"
+    trtexec.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in --saveEngine=*) out="${a#--saveEngine=}";; esac; done\n'
+                       'printf "%s\\n" "$@" > "$out.args"\n[ "${FAKE_TRTEXEC_EXIT:-0}" = 0 ] || exit "$FAKE_TRTEXEC_EXIT"\n'
+                       'printf engine > "$out"\n')
+    trtexec.chmod(0o755)
+    site = tmp_path_factory.mktemp("fake-site")
+    (site / "tensorrt.py").write_text('__version__ = "10.9.0.34"\n')
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable,
+                PYTHONPATH=os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ssprompt.runtime.files import file_sha256  # noqa: F401 - imported from here by train and export
 from ssprompt.runtime.images import error_reason
 
 __all__ = [
@@ -55,14 +56,6 @@ SAM_CHECKPOINT_FILES = {
 
 class BackboneError(RuntimeError):
     """A backbone cannot be built or loaded; the message is one line saying what to do."""
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(module: nn.Module) -> str:

@@ -243,7 +243,8 @@ class SSPrompt(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`encode` without no_grad, for export tracing and encoder-in-the-loop training."""
-        x = images.permute(0, 3, 1, 2).float()  # (B, 3, S, S)
+        # (B, 3, S, S); cast before the transpose: TensorRT takes uint8 only as the network's input, not inside it
+        x = images.float().permute(0, 3, 1, 2)
         sam_embeddings = self.sam.image_encoder((x - self.sam.pixel_mean) / self.sam.pixel_std)
         clip_size = self.clip_dense.input_size
         if clip_size != x.shape[-1]:

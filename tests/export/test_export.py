@@ -1,4 +1,5 @@
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -158,10 +159,27 @@ def test_triton_config_parses_and_names_the_real_io(fp32_export):
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT present: the engine is built instead")
-def test_without_tensorrt_the_trtexec_line_is_written(fp32_export):
-    assert fp32_export.engine is None
-    script = (fp32_export.out / "build_engine.sh").read_text()
-    assert "--minShapes=images:1x256x256x3" in script and "--maxShapes=images:4x256x256x3" in script
+def test_without_tensorrt_build_engine_sh_builds_an_engine_the_runner_accepts(fp32_export, tmp_path, fake_trtexec_env):
+    """The sidecar is written at export with the build left pending, and completed by build_engine.sh after trtexec
+    (a fake one here) on the machine that builds the engine, wherever the folder was copied."""
+    import shutil
+
+    from ssprompt.runtime.gpu import UNKNOWN_GPU, gpu_name
+    from ssprompt.runtime.sidecar import PENDING, check_sidecar, read_sidecar
+
+    assert fp32_export.engine is None and fp32_export.trtexec == f"sh {fp32_export.out}/build_engine.sh"
+    pending = read_sidecar(fp32_export.out / "model.plan").engine
+    assert (pending.tensorrt_version, pending.gpu, pending.batch) == (PENDING, PENDING, [1, 2, 4])
+    assert pending.onnx_sha256 == file_sha256(fp32_export.onnx)
+    target = tmp_path / "target machine" / "model"
+    shutil.copytree(fp32_export.out, target)
+    result = subprocess.run(["sh", str(target / "build_engine.sh")], env=fake_trtexec_env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    args = (target / "model.plan.partial.args").read_text().split()
+    assert "--minShapes=images:1x256x256x3" in args and "--maxShapes=images:4x256x256x3" in args
+    facts = read_sidecar(target / "model.plan").engine
+    check_sidecar(target / "model.plan", facts, "10.9.0.34", gpu_name() or UNKNOWN_GPU)
+    assert (facts.batch, facts.onnx_sha256) == ([1, 2, 4], pending.onnx_sha256)
 
 
 @pytest.mark.skipif(not tensorrt_available(), reason="tensorrt does not import here")
