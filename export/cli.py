@@ -6,27 +6,44 @@ from pathlib import Path
 
 import click
 
+from ssprompt.runtime.options import POSITIVE, OutputFile, Parsed
+
 from .fp16 import KEEP_FP32
+from .tensorrt import BatchRange
 
 __all__ = ["export_command"]
+
+
+def _op_types(text: str) -> tuple[str, ...]:
+    """--keep-fp32: ONNX op types of the default domain, comma-separated; KEEP_FP32's are always among them."""
+    import onnx
+
+    ops = [op.strip() for op in text.split(",") if op.strip()]
+    unknown = [op for op in ops if not onnx.defs.has(op)]
+    if unknown:
+        known = {name.casefold(): name for name in (schema.name for schema in onnx.defs.get_all_schemas())}
+        hints = [f"{op} (did you mean {known[op.casefold()]}?)" if op.casefold() in known else op for op in unknown]
+        raise ValueError(f"not ONNX op types: {', '.join(hints)}.")
+    return tuple(dict.fromkeys((*KEEP_FP32, *ops)))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--prompts", "pack", required=True, type=click.Path(dir_okay=False), help="Prompt pack (pack.pt).")
 @click.option("--sam-checkpoint", type=click.Path(dir_okay=False), help="Default: the path recorded in the pack.")
 @click.option("--clip-pretrained", help="Default: the tag or path recorded in the pack.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (model.onnx, ...).")
+@click.option("--out", required=True, type=OutputFile(folder=True), help="Output folder (model.onnx, ...).")
 @click.option("--fp16", is_flag=True, help="FP16 graph (FP32 I/O; only the op types of --keep-fp32 compute in FP32); looser parity threshold.")
-@click.option("--keep-fp32", default=",".join(KEEP_FP32), show_default=True,
+@click.option("--keep-fp32", default=",".join(KEEP_FP32), show_default=True, type=Parsed(_op_types, "op types"),
               help="With --fp16: ONNX op types that compute in FP32, comma-separated (e.g. add LayerNormalization,Softmax "
-                   "if a trained model fails the FP16 parity gate).")
-@click.option("--batch", default="1:1:8", show_default=True, help="Engine / Triton batch range MIN:OPT:MAX.")
+                   f"if a trained model fails the FP16 parity gate); {', '.join(KEEP_FP32)} always does (it overflows FP16).")
+@click.option("--batch", default="1:1:8", show_default=True, type=Parsed(BatchRange.parse, "MIN:OPT:MAX"),
+              help="Engine / Triton batch range MIN:OPT:MAX.")
 @click.option("--engine", is_flag=True, help="Build a TensorRT engine (or print the trtexec line where TensorRT is absent).")
 @click.option("--triton", is_flag=True, help="Also write a Triton model repository (OUT/triton).")
 @click.option("--calib", type=click.Path(file_okay=False), help="Images for the parity check (default: generated scenes).")
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime parity gate.")
-@click.option("--workspace", default=4096, show_default=True, help="TensorRT workspace limit, MiB.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache (default: OUT.timing.cache).")
+@click.option("--workspace", default=4096, show_default=True, type=POSITIVE, help="TensorRT workspace limit, MiB.")
+@click.option("--timing-cache", type=OutputFile(), help="TensorRT timing cache (default: OUT.timing.cache).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--ort-attention", is_flag=True,
               help="SAM's image-encoder attention as ONNX Runtime's fused MultiHeadAttention (com.microsoft): the graph "
@@ -42,13 +59,12 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
     terminate_like_interrupt()
 
     from .pipeline import ExportError, export_pack
-    from .tensorrt import BatchRange
 
     try:
         result = export_pack(
-            Path(pack), Path(out), sam_checkpoint, clip_pretrained, fp16, BatchRange.parse(batch), engine, triton,
+            Path(pack), Path(out), sam_checkpoint, clip_pretrained, fp16, batch, engine, triton,
             Path(calib) if calib else None, not no_parity, force, workspace, Path(timing_cache) if timing_cache else None,
-            layout="ort-attention" if ort_attention else "graph", keep_fp32=tuple(op for op in keep_fp32.split(",") if op),
+            layout="ort-attention" if ort_attention else "graph", keep_fp32=keep_fp32,
             log=click.echo,
         )
     except (BackboneError, DataError, PackError, ExportError, ValueError, OSError, RuntimeError) as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ssprompt.runtime.contract import CONTRACT_VERSION, EngineFacts, GraphMetadata
-from ssprompt.runtime.files import atomic_folder, remove_stale_temporaries
+from ssprompt.runtime.files import atomic_folder, exclusive, regular_files, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
 from ssprompt.runtime.sidecar import PENDING, write_sidecar
@@ -73,7 +73,9 @@ def calibration_images(image_size: int, pad_value, calib: Path | None, count: in
     from ssprompt.train.data import IMAGE_EXTENSIONS, read_image
 
     if calib is not None:
-        files = sorted(p for p in Path(calib).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:count]
+        if not Path(calib).is_dir():
+            raise ExportError(f"{calib}: --calib must be a folder of images")
+        files = regular_files(calib, IMAGE_EXTENSIONS, recursive=True)[:count]
         if not files:
             raise ExportError(f"{calib}: no images for the parity check")
         images = [read_image(p) for p in files]
@@ -138,7 +140,7 @@ def export_pack(
     graph = ExportGraph(model, layout)
 
     remove_stale_temporaries(out.parent)  # what an export killed outright left behind
-    with atomic_folder(out, MODEL_FILE) as tmp:
+    with exclusive(out, "export folder"), atomic_folder(out, MODEL_FILE) as tmp:
         onnx_model = traced_graph(graph, (file_sha256(pack_path), sam_checkpoint, clip_pretrained, layout), log)
         if fp16:
             log(f"converting to FP16 ({', '.join(keep_fp32) or 'nothing'} kept in FP32)")

@@ -242,7 +242,10 @@ def plot_latency(rows: list[BenchRow], info: dict, path) -> None:
     ax_thr.set_ylabel("images / s")
     fig.suptitle(f"{info['backend']} ({info['device']}), {info['precision']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 

@@ -10,6 +10,7 @@ import click
 from .backends import BACKENDS
 from .contract import LABELS
 from .instances import InstanceOptions, PanopticOptions
+from .options import NON_NEGATIVE, POSITIVE, UNIT, FiniteFloat, IntList, OutputFile
 from .segmenter import TASKS
 
 __all__ = ["run_command", "bench_command", "postprocess_options", "options_from"]
@@ -24,17 +25,17 @@ _provider = click.option("--provider", type=click.Choice(["auto", "tensorrt", "c
 
 
 _POSTPROCESS_OPTIONS = (
-    click.option("--mask-threshold", default=InstanceOptions.mask_threshold, show_default=True,
+    click.option("--mask-threshold", default=InstanceOptions.mask_threshold, show_default=True, type=FiniteFloat(),
                  help="instance, panoptic: mask logit above which a pixel is in (SAM's)."),
-    click.option("--score-threshold", default=InstanceOptions.score_threshold, show_default=True,
+    click.option("--score-threshold", default=InstanceOptions.score_threshold, show_default=True, type=UNIT,
                  help="instance: drop instances scoring at or below (class probability x IoU estimate)."),
-    click.option("--nms-iou", default=InstanceOptions.nms_iou, show_default=True,
+    click.option("--nms-iou", default=InstanceOptions.nms_iou, show_default=True, type=UNIT,
                  help="instance: mask IoU above which the lower-scoring of two instances goes (SAM's AMG)."),
-    click.option("--top-k", default=InstanceOptions.top_k, show_default=True, type=click.IntRange(min=1),
+    click.option("--top-k", default=InstanceOptions.top_k, show_default=True, type=POSITIVE,
                  help="instance: instances kept an image."),
-    click.option("--object-threshold", default=PanopticOptions.object_threshold, show_default=True,
+    click.option("--object-threshold", default=PanopticOptions.object_threshold, show_default=True, type=UNIT,
                  help="panoptic: prompts scoring at or below claim no pixels (Mask2Former's)."),
-    click.option("--overlap-threshold", default=PanopticOptions.overlap_threshold, show_default=True,
+    click.option("--overlap-threshold", default=PanopticOptions.overlap_threshold, show_default=True, type=UNIT,
                  help="panoptic: share of its own mask a prompt must win to keep its segment (Mask2Former's)."),
 )
 
@@ -64,8 +65,8 @@ def _user_errors():
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--batch", default=1, show_default=True, help="Images per engine call.")
+@click.option("--out", required=True, type=OutputFile(folder=True), help="Output folder.")
+@click.option("--batch", default=1, show_default=True, type=POSITIVE, help="Images per engine call.")
 @click.option("--overlay", "with_overlay", is_flag=True, help="Also write colour overlays.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="A bad image: report and skip it, or stop the run.")
@@ -96,17 +97,18 @@ def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--batch", "batches", default="1,2,4,8", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--warmup", default=3, show_default=True)
-@click.option("--iters", default=20, show_default=True)
+@click.option("--batch", "batches", default="1,2,4,8", show_default=True, type=IntList(POSITIVE),
+              help="Batch sizes, comma-separated.")
+@click.option("--warmup", default=3, show_default=True, type=NON_NEGATIVE)
+@click.option("--iters", default=20, show_default=True, type=POSITIVE)
 @_backend
 @_provider
 @_cuda_graph
 @click.option("--outputs", default=LABELS, show_default=True,
               help="Outputs copied back to the host each call, comma-separated, or 'all' (ssp-run needs labels).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--markdown", type=click.Path(dir_okay=False), help="Write the table to this markdown file.")
-@click.option("--plot", type=click.Path(dir_okay=False), help="Write a latency/throughput plot (PNG; needs matplotlib).")
+@click.option("--markdown", type=OutputFile(), help="Write the table to this markdown file.")
+@click.option("--plot", type=OutputFile(), help="Write a latency/throughput plot (PNG; needs matplotlib).")
 @click.option("--quiet", is_flag=True)
 def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, outputs, as_json, markdown, plot, quiet) -> None:
     """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
@@ -116,13 +118,8 @@ def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, 
 
     terminate_like_interrupt()
 
-    try:
-        sizes = [int(b) for b in batches.split(",")]
-        if not sizes or min(sizes) < 1 or iters < 1 or warmup < 0:
-            raise ValueError("--batch needs positive sizes, --iters at least 1, --warmup at least 0")
-    except ValueError as err:
-        raise click.ClickException(str(err) if "--" in str(err) else f"--batch {batches!r}: expected sizes like 1,2,4") from None
-    command = (f"ssp-bench {model} --batch {batches} --warmup {warmup} --iters {iters} --backend {backend} "
+    sizes = batches
+    command = (f"ssp-bench {model} --batch {','.join(map(str, sizes))} --warmup {warmup} --iters {iters} --backend {backend} "
                f"--provider {provider} --{'' if cuda_graph else 'no-'}cuda-graph --outputs {outputs}")
     wanted = None if outputs == "all" else tuple(outputs.split(","))
 
@@ -136,11 +133,11 @@ def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, 
     except _user_errors() as err:
         raise click.ClickException(" ".join(str(err).split())) from None
     table = markdown_table(rows, info, command)
-    if markdown:
-        write_text_atomic(markdown, table)
-    if plot:
-        try:
+    try:
+        if markdown:
+            write_text_atomic(markdown, table)
+        if plot:
             plot_latency(rows, info, plot)
-        except RuntimeError as err:
-            raise click.ClickException(str(err)) from None
+    except (RuntimeError, OSError) as err:
+        raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(json.dumps({"environment": info, "rows": rows_as_dicts(rows)}) if as_json else table)

@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
+import numpy as np
+
 __all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "CLASS_PROBS",
-           "CONTRACT_VERSION", "METADATA_PREFIX", "Normalization", "GraphMetadata", "EngineFacts", "MetadataError"]
+           "CONTRACT_VERSION", "METADATA_PREFIX", "Normalization", "GraphMetadata", "EngineFacts", "MetadataError",
+           "ContractError", "output_contract", "check_output_specs", "check_outputs"]
 
 INPUT = "images"  # (B, S, S, 3) uint8, letterboxed RGB
 LABELS = "labels"  # (B, S, S) int32 class index per pixel of the square input
@@ -162,6 +165,9 @@ class GraphMetadata:
                 raise MetadataError(f"metadata normalization.{name} is not three numbers")
         if not _positive_int(self.contract_version):
             raise MetadataError("metadata contract_version is not a positive integer")
+        if self.contract_version > CONTRACT_VERSION:
+            raise MetadataError(f"metadata contract_version {self.contract_version} is newer than this runtime reads "
+                                f"(up to {CONTRACT_VERSION}); upgrade ssprompt")
         things = self.thing_classes
         if not (isinstance(things, list) and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names)
                                                  for c in things)):
@@ -174,3 +180,64 @@ class GraphMetadata:
                 raise MetadataError("metadata engine: tensorrt_version, gpu and onnx_sha256 must be strings")
             if not (isinstance(engine.batch, list) and len(engine.batch) == 3 and all(_positive_int(b) for b in engine.batch)):
                 raise MetadataError("metadata engine.batch is not three positive integers (min, opt, max)")
+
+
+class ContractError(ValueError):
+    """Graph outputs that break the contract (dtype, shape or values); the message names the output."""
+
+
+def output_contract(meta: GraphMetadata) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Each output's dtype and shape after the batch axis, as `meta` says the graph was exported."""
+    side, mask, prompts, classes = meta.input_size, meta.mask_size, meta.num_prompts, len(meta.class_names)
+    f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
+    return {LABELS: (i32, (side, side)), CONFIDENCE: (f32, (side, side)), MASK_LOGITS: (f32, (prompts, mask, mask)),
+            IOU: (f32, (prompts,)), CLASS_IDS: (i32, (prompts,)), CLASS_PROBS: (f32, (prompts, classes))}
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join("B" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(shape)) + ")"
+
+
+def check_output_specs(specs, meta: GraphMetadata) -> None:
+    """The outputs a graph declares (objects with name, dtype and shape; -1 or a name where dynamic) against
+    the contract, once per model: every contract output it has, of the contract's dtype and static shape.
+
+    Raises:
+      ContractError: naming the output, what it is and what the contract says.
+    """
+    contract = output_contract(meta)
+    for spec in specs:
+        if spec.name not in contract:
+            continue
+        dtype, shape = contract[spec.name]
+        declared = tuple(spec.shape)
+        static_ok = len(declared) == len(shape) + 1 and all(
+            not isinstance(got, int) or got < 0 or got == want for got, want in zip(declared[1:], shape))
+        if np.dtype(spec.dtype) != dtype or not static_ok:
+            raise ContractError(f"output {spec.name} is {np.dtype(spec.dtype)} {_shape_text(declared)}; the contract "
+                                f"(and the metadata) say {dtype} {_shape_text(('B', *shape))}")
+
+
+def check_outputs(values: dict[str, np.ndarray], meta: GraphMetadata, batch: int) -> None:
+    """One call's outputs against the contract: dtype, shape, and values (class indices within the classes,
+    probabilities and IoU estimates not NaN).
+
+    Raises:
+      ContractError: naming the output and what is wrong.
+    """
+    contract = output_contract(meta)
+    classes = len(meta.class_names)
+    for name, value in values.items():
+        if name not in contract:
+            continue
+        dtype, shape = contract[name]
+        if value.dtype != dtype or value.shape != (batch, *shape):
+            raise ContractError(f"output {name} is {value.dtype} {value.shape}; the contract says {dtype} "
+                                f"{(batch, *shape)}")
+        if name in (LABELS, CLASS_IDS) and value.size:
+            low, high = int(value.min()), int(value.max())
+            if low < 0 or high >= classes:
+                raise ContractError(f"output {name} holds {low if low < 0 else high}, outside the {classes} classes "
+                                    f"0..{classes - 1}")
+        if name in (CONFIDENCE, IOU, CLASS_PROBS) and np.isnan(value).any():
+            raise ContractError(f"output {name} holds NaN")

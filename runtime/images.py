@@ -104,22 +104,28 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read image (unsupported mode {im.mode})") from err
 
 
-def find_images(paths: list[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted, hidden ones left out) in the given folders.
+def find_images(paths: list[str | Path], exclude: list[str | Path] = ()) -> list[Path]:
+    """Image files named directly or found (recursively, sorted, hidden ones left out) in the given folders,
+    in the order given; a file named twice is listed twice. Folders are listed by `files.regular_files`
+    (regular files only; nothing inside an `exclude` folder, where a command writes its outputs).
 
     Raises:
-      ImageError: a path that does not exist, or a folder holding no image.
+      ImageError: a path that does not exist or is not a regular file (a FIFO would block), or a folder
+        holding no image.
     """
+    from .files import is_regular_file, regular_files
+
     found: list[Path] = []
     for entry in map(Path, paths):
-        if entry.is_dir():  # hidden files and folders (temporaries of interrupted writes among them) are not inputs
-            inside = sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(entry).parts))
+        if entry.is_dir():
+            inside = regular_files(entry, IMAGE_EXTENSIONS, recursive=True, exclude=exclude)
             if not inside:
                 raise ImageError(f"{entry}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             found.extend(inside)
-        elif entry.is_file():
+        elif is_regular_file(entry):
             found.append(entry)
+        elif entry.exists():
+            raise ImageError(f"{entry}: not a regular file (a FIFO, socket or device); name image files or folders")
         else:
             raise ImageError(f"{entry}: no such file or folder")
     return found

@@ -10,7 +10,8 @@ from typing import Iterator
 import numpy as np
 
 from .backends import ModelError, Runner
-from .contract import CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, GraphMetadata
+from .contract import (CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, ContractError, GraphMetadata, check_output_specs,
+                       check_outputs)
 from .instances import (InstanceOptions, Instances, Panoptic, PanopticOptions, instances_from_prompts,
                         panoptic_from_prompts)
 from .postprocess import restore_labels
@@ -23,9 +24,14 @@ TASKS = ("semantic", "instance", "panoptic")
 
 
 def check_metadata(runner: Runner) -> GraphMetadata:
-    """The graph's metadata (checked when the runner decoded it), or a ModelError for a model without it."""
+    """The graph's metadata (checked when the runner decoded it), with the outputs it declares checked against
+    the contract it states; a ModelError for a model without it or breaking it."""
     if runner.metadata is None:
         raise ModelError(f"{runner.path}: no ssprompt metadata; export it with ssp-export")
+    try:
+        check_output_specs(runner.outputs, runner.metadata)
+    except ContractError as err:
+        raise ModelError(f"{runner.path}: {err}; export it again with ssp-export") from None
     return runner.metadata
 
 
@@ -42,6 +48,15 @@ class Segmenter:
         self.unpainted = unpainted_classes(self.class_names)  # overlays leave background and void as they are
         self.thing_classes: list[int] = list(meta.thing_classes)
         self.has_instances = meta.has_instances
+
+    def _infer(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """The runner's outputs `names` for a (B, S, S, 3) batch, checked against the contract."""
+        outputs = self.runner.infer({INPUT: batch}, names)
+        try:
+            check_outputs(outputs, self.runner.metadata, len(batch))
+        except ContractError as err:
+            raise ModelError(f"{self.runner.path}: {err}; the graph breaks the ssprompt contract") from None
+        return outputs
 
     def check_task(self, task: str) -> None:
         """A ModelError where the graph cannot give `task`'s results (an older graph, or no thing classes)."""
@@ -71,13 +86,13 @@ class Segmenter:
         """
         boxed = [letterbox(image, self.input_size, self.pad_value) for image in images]
         batch = np.stack([square for square, _ in boxed])  # (B, S, S, 3)
-        labels = self.runner.infer({INPUT: batch}, [LABELS])[LABELS]  # (B, S, S)
+        labels = self._infer(batch, [LABELS])[LABELS]  # (B, S, S)
         return [restore_labels(labels[i], placement) for i, (_, placement) in enumerate(boxed)]
 
     def _prompt_outputs(self, images: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, Letterbox]]:
         """Each image's (N, M, M) mask logits, (N,) IoU estimates, (N, C) class probabilities and placement."""
         boxed = [letterbox(image, self.input_size, self.pad_value) for image in images]
-        outputs = self.runner.infer({INPUT: np.stack([square for square, _ in boxed])}, [MASK_LOGITS, IOU, CLASS_PROBS])
+        outputs = self._infer(np.stack([square for square, _ in boxed]), [MASK_LOGITS, IOU, CLASS_PROBS])
         for i, (_, placement) in enumerate(boxed):
             yield outputs[MASK_LOGITS][i], outputs[IOU][i], outputs[CLASS_PROBS][i], placement
 

@@ -1,9 +1,11 @@
 """Seeded mutation fuzzing of everything that reads outside input: packs, images, ONNX models and
-engines, labelled folders, and ssp-run over a folder of damaged images.
+engines, labelled folders, ssp-run over a folder of damaged images, every command's options, and
+ssp-run over input folders laid out badly (FIFOs, long and repeated names, --out inside the input).
 
 Each input must end in a correct result or in the project's own error (PackError, ImageError,
 ModelError, DataError, BackboneError) whose message is one line naming the file; never another
-exception, never a half-written file. 600+ inputs, about a minute on two cores. The seed is fixed,
+exception, never a half-written file. An option value is refused while the options are parsed (exit 2)
+or accepted by everything behind it. 2000+ inputs, about two minutes on two cores. The seed is fixed,
 so a failure names a case that reproduces.
 """
 
@@ -273,3 +275,135 @@ def test_fuzz_ssp_run_over_damaged_images_writes_only_whole_files(exported_onnx,
         with Image.open(tmp_path / "o" / record["label"]) as label:
             assert label.size == (record["width"], record["height"])
     assert not [p for p in (tmp_path / "o").rglob("*") if is_temporary(p)]
+
+
+# --------------------------------------------------------------------------- command options
+
+_OPTION_VALUES = ["0", "1", "2", "4", "7", "9", "16", "-1", "-0.0", "0.5", "1.5", "1e-3", "1e309", "-1e309", "nan", "inf",
+                  "-inf", "NaN", "abc", "", " 3", "1,2", "1,,2", ",", "8:4:1", "1:1:8", "1:x:2", "0:1:1", "65535", "65536",
+                  "99999999999999999999999", "0x10", "1_000", "Softmax", "NotAnOp", "ReduceL2,add"]
+
+
+def _commands() -> dict:
+    from ssprompt.export.cli import export_command
+    from ssprompt.runtime.cli import bench_command, run_command
+    from ssprompt.train.cli import eval_command, synth_command, train_command
+    from ssprompt.train.pretrain import pretrain_command
+
+    return {"ssp-run": (run_command, ["m.onnx", "in", "--out", "o"]), "ssp-bench": (bench_command, ["m.onnx"]),
+            "ssp-train": (train_command, ["--data", "d", "--out", "p.pt"]),
+            "ssp-eval": (eval_command, ["--prompts", "p.pt", "--data", "d"]), "ssp-synth": (synth_command, ["s"]),
+            "ssp-pretrain": (pretrain_command, []), "ssp-export": (export_command, ["--prompts", "p.pt", "--out", "o"])}
+
+
+def _accept_everywhere(name: str, params: dict) -> None:
+    """What runs behind a command's options, fed the parsed values: it must accept what parsing accepted
+    (a refusal there would be exit 1 after work began, not exit 2)."""
+    from ssprompt.runtime.cli import options_from
+    from ssprompt.train.config import ModelConfig, TrainConfig
+    from ssprompt.train.pretrain import PretrainConfig
+
+    for value in params.values():
+        if isinstance(value, float):
+            assert np.isfinite(value), f"{name}: a non-finite {value} was accepted"
+    for key, value in params.items():
+        if isinstance(value, int) and key not in ("mask_threshold",):
+            assert value >= 0, f"{name}: a negative {key} {value} was accepted"
+    if name in ("ssp-run", "ssp-eval"):
+        options_from(dict(params))
+    if name == "ssp-run":
+        assert params["batch"] >= 1
+    if name == "ssp-train":
+        ModelConfig(num_prompts=params["num_prompts"], coop_context=params["coop_context"] or 16)
+        TrainConfig(void=params["void"], shots=params["shots"], seed=params["seed"], epochs=params["epochs"],
+                    batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
+                    short_side=params["short_side"])
+        np.random.default_rng(params["seed"])
+    if name == "ssp-pretrain":
+        PretrainConfig(seed=params["seed"], threads=params["threads"], sam_steps=params["sam_steps"],
+                       clip_steps=params["clip_steps"])
+        np.random.default_rng(params["seed"])
+    if name == "ssp-synth":
+        np.random.default_rng([params["seed"], 0])
+    if name == "ssp-bench":
+        assert params["batches"] and min(params["batches"]) >= 1 and params["iters"] >= 1 and params["warmup"] >= 0
+
+
+def test_fuzz_command_options():
+    """Every option that takes a value, of every command, over every awkward value of the list: refused as
+    click refuses (exit 2) or accepted by the configs behind it; never another exception."""
+    import click
+
+    cases = refused = 0
+    for name, (command, required) in _commands().items():
+        options = [p for p in command.params if isinstance(p, click.Option) and not p.is_flag
+                   and not isinstance(p.type, (click.Choice, click.Path)) and p.type is not click.STRING]
+        assert options, name
+        for option in options:
+            for value in _OPTION_VALUES:
+                args = [*required, option.opts[0], str(value)]
+                cases += 1
+                try:
+                    context = command.make_context(name, list(args))
+                except click.UsageError:  # BadParameter included: click prints it and exits 2
+                    refused += 1
+                    continue
+                except Exception as err:  # noqa: BLE001 - the finding itself
+                    pytest.fail(f"{name} {option.opts[0]} {value!r}: {type(err).__name__} escaped: {err}")
+                try:
+                    _accept_everywhere(name, context.params)
+                except Exception as err:  # noqa: BLE001
+                    pytest.fail(f"{name} {option.opts[0]} {value!r} passed parsing but {type(err).__name__}: {err}")
+    assert cases >= 1300 and 0 < refused < cases
+
+
+# --------------------------------------------------------------------------- ssp-run over bad layouts
+
+
+def _layout(root: Path, sources: list[Path], rng: np.random.Generator) -> tuple[Path, list[Path], int]:
+    """A folder of images with FIFOs, long (up to 251 bytes, some non-ASCII) and clashing names, and an --out
+    inside it or equal to it; returns (--out, the inputs to pass, the images ssp-run must segment)."""
+    import os
+
+    photos = root / "photos"
+    (photos / "sub").mkdir(parents=True)
+    count = 0
+    for i in range(int(rng.integers(2, 5))):
+        stem = str(rng.choice(["a", "b", "A", "a_1", "\u00e9t\u00e9", "x" * int(rng.integers(200, 248)),
+                               "\u00e9" * int(rng.integers(100, 124))]))
+        where = photos / ("sub" if rng.integers(2) else "")
+        if (where / f"{stem}.png").exists():
+            continue
+        shutil.copy(sources[i % len(sources)], where / f"{stem}.png")
+        count += 1
+    for i in range(int(rng.integers(1, 3))):
+        os.mkfifo(photos / f"fifo{i}.png")
+    out = [photos, photos / "out", photos / "sub" / "out", root / "elsewhere"][int(rng.integers(4))]
+    inputs = [photos]
+    if rng.integers(2):  # one image named again, directly: a second id and a second label
+        inputs.append(next(p for p in sorted(photos.rglob("*.png")) if p.is_file()))
+        count += 1
+    return out, inputs, count
+
+
+def test_fuzz_ssp_run_over_fifos_long_names_and_outputs_inside_inputs(exported_onnx, synthetic_root, tmp_path):
+    from click.testing import CliRunner
+
+    from ssprompt.runtime.cli import run_command
+    from ssprompt.runtime.files import is_temporary
+
+    rng = np.random.default_rng(SEED + 6)
+    sources = sorted((synthetic_root / "val" / "images").iterdir())[:3]
+    for case in range(8):
+        out, inputs, count = _layout(tmp_path / str(case), sources, rng)
+        for attempt in range(2):  # the second run must not read the first one's outputs
+            result = CliRunner().invoke(run_command, [str(exported_onnx), *map(str, inputs), "--out", str(out),
+                                                      "--quiet", "--overlay", "--batch", str(int(rng.integers(1, 4)))])
+            assert result.exit_code == 0 and "Traceback" not in result.output, f"case {case}.{attempt}: {result.output}"
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["complete"] and len(summary["images"]) == count, f"case {case}.{attempt}"
+            assert [r["image_id"] for r in summary["images"]] == list(range(1, count + 1))
+            for record in summary["images"]:
+                assert len(Path(record["label"]).name.encode()) <= 255 and (out / record["label"]).is_file()
+            assert len({r["label"] for r in summary["images"]}) == count
+        assert not [p for p in out.rglob("*") if is_temporary(p)]

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ssprompt.runtime.cli import options_from, postprocess_options
+from ssprompt.runtime.options import LABEL_VALUE, POSITIVE, SEED, FiniteFloat, OutputFile, Parsed, PositiveFinite
 
 from .config import ModelConfig, TrainConfig
 from .prompts import PROMPT_SOURCES
@@ -17,6 +18,19 @@ from .prompts import PROMPT_SOURCES
 __all__ = ["train_command", "eval_command", "synth_command"]
 
 LEARN_CHOICES = ("both", "spatial", "semantic")
+
+
+def _square(text: str) -> int:
+    """--prompts: a perfect square (a sqrt(N) x sqrt(N) point grid)."""
+    import math
+
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer.") from None
+    if count < 1 or math.isqrt(count) ** 2 != count:
+        raise ValueError(f"{count} is not a perfect square >= 1 (1, 4, 9, 16, ...: the prompts form a point grid).")
+    return count
 
 
 def _user_errors():
@@ -104,31 +118,32 @@ def _backbone_options(fn):
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder (classes.txt + images/labels).")
 @click.option("--split", default=None, help="Split folder to draw the shots from (e.g. train).")
 @click.option("--val-split", default=None, help="Held-out split: mIoU before and after training.")
-@click.option("--void", default=TrainConfig.void, show_default=True, help="Label value ignored in loss and metrics.")
+@click.option("--void", default=TrainConfig.void, show_default=True, type=LABEL_VALUE,
+              help="Label value ignored in loss and metrics (at least the number of classes).")
 @_backbone_options
-@click.option("--shots", default=TrainConfig.shots, show_default=True, help="k labelled images per class.")
-@click.option("--prompts", "num_prompts", default=ModelConfig.num_prompts, show_default=True,
+@click.option("--shots", default=TrainConfig.shots, show_default=True, type=POSITIVE, help="k labelled images per class.")
+@click.option("--prompts", "num_prompts", default=ModelConfig.num_prompts, show_default=True, type=Parsed(_square, "square"),
               help="Spatial prompts N (a square: sqrt(N) x sqrt(N) point grid).")
 @click.option("--method", type=click.Choice(list(PROMPT_SOURCES)), default=ModelConfig.method, show_default=True,
               help="SSPrompt, or a baseline trained and evaluated the same way: zero-shot (default prompts, no training), "
                    "coop (learnable text context through CLIP's text tower), vspl (learnable point coordinates).")
 @click.option("--coop-init", default=ModelConfig.coop_init, show_default=True, help="CoOp: words whose embeddings start the context ('' = random).")
-@click.option("--coop-context", type=int, help="CoOp: random context vectors, with --coop-init '' [default: 16].")
+@click.option("--coop-context", type=POSITIVE, help="CoOp: random context vectors, with --coop-init '' [default: 16].")
 @click.option("--learn", type=click.Choice(LEARN_CHOICES), default="both", show_default=True, help="SSPrompt ablation: which prompts learn.")
 @click.option("--fixed-weights", is_flag=True, help="SSPrompt ablation: keep fusion weights at 0.5 (embeddings learn, weights do not).")
-@click.option("--epochs", default=TrainConfig.epochs, show_default=True)
-@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
+@click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=POSITIVE)
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=POSITIVE)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=TrainConfig.optimizer, show_default=True)
-@click.option("--lr", default=TrainConfig.lr, show_default=True)
-@click.option("--weight-decay", default=TrainConfig.weight_decay, show_default=True)
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=PositiveFinite())
+@click.option("--weight-decay", default=TrainConfig.weight_decay, show_default=True, type=FiniteFloat(min=0.0))
 @click.option("--short-side", default=TrainConfig.short_side, show_default=True, type=click.IntRange(min=0),
               help="Labels resized so their shorter side is this (0: keep).")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
-@click.option("--seed", default=TrainConfig.seed, show_default=True)
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=SEED)
 @click.option("--cache-dir", default="", help="Encoder feature cache (default ~/.cache/ssprompt or $SSPROMPT_CACHE).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Pack to write (pack.pt).")
-@click.option("--weights-plot", type=click.Path(dir_okay=False), help="Also draw the learned fusion weights (PNG).")
+@click.option("--out", required=True, type=OutputFile(), help="Pack to write (pack.pt).")
+@click.option("--weights-plot", type=OutputFile(), help="Also draw the learned fusion weights (PNG).")
 @click.option("--force", is_flag=True, help="Overwrite an existing pack.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(**opts) -> None:
@@ -149,6 +164,8 @@ def train_command(**opts) -> None:
         raise click.ClickException("--coop-context sets the number of random context vectors: pass it with --coop-init ''")
 
     def job():
+        from ssprompt.runtime.files import exclusive
+
         model_config = ModelConfig(
             sam=opts["sam"], sam_checkpoint=opts["sam_checkpoint"], clip=opts["clip_name"],
             clip_pretrained=opts["clip_pretrained"], random_weights=opts["random_weights"], method=opts["method"],
@@ -163,8 +180,11 @@ def train_command(**opts) -> None:
             optimizer=opts["optimizer"], lr=opts["lr"], weight_decay=opts["weight_decay"],
             short_side=opts["short_side"], flip=not opts["no_flip"], cache_dir=opts["cache_dir"],
         )
-        return train_pack(model_config, config, out, opts["device"], progress=not opts["quiet"], weights_plot=opts["weights_plot"],
-                          log=click.echo)
+        with exclusive(out, "pack"):  # one run writes a pack (and its .ckpt) at a time
+            if out.exists() and not opts["force"]:  # written by a run that finished since the check above
+                raise FileExistsError(f"{out}: exists; pass --force to overwrite")
+            return train_pack(model_config, config, out, opts["device"], progress=not opts["quiet"],
+                              weights_plot=opts["weights_plot"], log=click.echo)
 
     summary = _run(job)
     _print_summary(summary)
@@ -176,7 +196,7 @@ def train_command(**opts) -> None:
 @click.option("--prompts", "pack", required=True, type=click.Path(dir_okay=False), help="Prompt pack (pack.pt).")
 @click.option("--data", required=True, type=click.Path(file_okay=False))
 @click.option("--split", default=None)
-@click.option("--void", default=None, type=int, help="Label value ignored (default: the pack's).")
+@click.option("--void", default=None, type=LABEL_VALUE, help="Label value ignored (default: the pack's).")
 @click.option("--default-prompts", is_flag=True, help="Evaluate the untrained default prompts (zero-shot baseline).")
 @click.option("--sam-checkpoint", type=click.Path(dir_okay=False), help="Default: the path recorded in the pack.")
 @click.option("--clip-pretrained", help="Default: the tag or path recorded in the pack.")
@@ -212,18 +232,25 @@ def eval_command(pack, data, split, void, default_prompts, sam_checkpoint, clip_
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("root", type=click.Path(file_okay=False))
-@click.option("--train", "n_train", default=32, show_default=True)
-@click.option("--val", "n_val", default=16, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.argument("root", type=OutputFile(folder=True))
+@click.option("--train", "n_train", default=32, show_default=True, type=POSITIVE)
+@click.option("--val", "n_val", default=16, show_default=True, type=POSITIVE)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--world", is_flag=True, help="The miniature world's shifted task (the demo's data) instead of plain shapes.")
 def synth_command(root, n_train, n_val, seed, world) -> None:
     """Generate a dataset of coloured shapes (classes.txt, train/ and val/) in ROOT."""
     from .synthetic import make_synthetic
     from .world import make_world
 
+    from ssprompt.runtime.files import exclusive
+
     make = make_world if world else make_synthetic
-    path = _run(lambda: make(root, n_train=n_train, n_val=n_val, seed=seed))
+
+    def job():
+        with exclusive(Path(root), "dataset"):
+            return make(root, n_train=n_train, n_val=n_val, seed=seed)
+
+    path = _run(job)
     click.echo(f"{'world' if world else 'synthetic'} dataset in {path}")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import types
+import typing
 from dataclasses import dataclass, fields
 
 __all__ = ["ModelConfig", "TrainConfig", "config_from_dict"]
@@ -63,14 +65,45 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "shots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
+        for name in ("momentum", "weight_decay", "poly_power"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.void <= 65535:
+            raise ValueError(f"--void must be a label value in 0..65535, got {self.void}")
         if self.short_side < 0:
             raise ValueError(f"--short-side must be 0 (keep the labels' size) or positive, got {self.short_side}")
 
 
+def _of_type(value, hint) -> bool:
+    """Whether a plain value (from a pack or checkpoint) is of a config field's type: str, int, float, bool, X | None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_of_type(value, arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
 def config_from_dict(cls, values: dict):
-    """Rebuild a config dataclass from a saved dict, ignoring keys this version does not know."""
+    """Rebuild a config dataclass from a saved dict, ignoring keys this version does not know.
+
+    Raises:
+      TypeError: a value not of its field's type (the message names the field).
+      ValueError: a value its config refuses (__post_init__).
+    """
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in known})
+    kept = {k: v for k, v in values.items() if k in known}
+    for name, value in kept.items():
+        if not _of_type(value, hints[name]):
+            expected = " or ".join(getattr(arm, "__name__", str(arm)) for arm in (typing.get_args(hints[name]) or (hints[name],)))
+            raise TypeError(f"{name} is {type(value).__name__} {value!r:.40}, expected {expected.replace('NoneType', 'None')}")
+    return cls(**kept)
 

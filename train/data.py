@@ -16,6 +16,7 @@ Shapes: H x W an image, N samples, C classes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ssprompt.runtime import images as runtime_images
+from ssprompt.runtime.files import regular_files
 from ssprompt.runtime.images import IMAGE_EXTENSIONS, error_reason
 from ssprompt.runtime.postprocess import resize_label
 
@@ -71,7 +73,9 @@ _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 _CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 _CITYSCAPES_INSTANCE_SUFFIX = "_gtFine_instanceIds.png"  # labelId * 1000 + k on thing instances, labelId elsewhere
 _CITYSCAPES_THINGS = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
-THING_MARKER = "[thing]"  # ends a classes.txt line of a countable class
+THING_MARKER = "[thing]"  # ends a classes.txt line of a countable class (any case, spaces inside the brackets allowed)
+_MARKER = re.compile(r"(.*?)\s*\[([^\[\]]*)\]")  # a line ending in a bracketed marker
+MAX_LABEL = 65535  # labels are 8- or 16-bit: up to 65535 classes and void values
 _EXIF_ORIENTATION = 0x0112
 _LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -144,7 +148,7 @@ def open_folder(root: str | Path, split: str | None = None, void: int = 255) -> 
     Arguments:
         root: dataset folder.
         split: split sub-folder to open; needed when ``root`` holds splits.
-        void: label value ignored in losses and metrics, in [C, 255].
+        void: label value ignored in losses and metrics, in [C, 65535].
 
     Returns:
         The folder, samples sorted by image stem.
@@ -196,20 +200,19 @@ def open_folder(root: str | Path, split: str | None = None, void: int = 255) -> 
     if not images:
         raise DataError(f"{images_dir}: no images found (extensions {_extensions_text()})")
     # One directory listing instead of a stat per image; case-insensitive ".png".
-    labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
+    labels = {p.stem: p for p in regular_files(labels_dir, {".png"})}
     instances_dir = location / "instances"
-    instances = {p.stem: p for p in instances_dir.iterdir() if p.suffix.lower() == ".png"} if instances_dir.is_dir() else None
+    instances = {p.stem: p for p in regular_files(instances_dir, {".png"})} if instances_dir.is_dir() else None
     samples = []
     for image in images:
         label = labels.get(image.stem)
         if label is None:
-            expected = labels_dir / f"{image.stem}.png"
-            raise DataError(f"{image}: image has no label (expected {expected})")
+            raise DataError(_missing(image, labels_dir / f"{image.stem}.png", "label"))
         instance = None
         if instances is not None:
             instance = instances.get(image.stem)
             if instance is None:
-                raise DataError(f"{image}: image has no instance map (expected {instances_dir / (image.stem + '.png')})")
+                raise DataError(_missing(image, instances_dir / f"{image.stem}.png", "instance map"))
         samples.append(Sample(image=image, label=label, instances=instance))
     return SegmentationFolder(
         root=root,
@@ -236,8 +239,8 @@ def _open_cityscapes(root: Path, split: str | None) -> SegmentationFolder:
         p
         for city in sorted(images_root.iterdir())
         if city.is_dir()
-        for p in city.iterdir()
-        if p.is_file() and p.suffix.lower() == ".png" and p.stem.endswith(_CITYSCAPES_IMAGE_SUFFIX)
+        for p in regular_files(city, {".png"})
+        if p.stem.endswith(_CITYSCAPES_IMAGE_SUFFIX)
     ]
     if not images:
         raise DataError(
@@ -266,7 +269,7 @@ def _open_cityscapes(root: Path, split: str | None) -> SegmentationFolder:
 def _read_classes(path: Path) -> tuple[list[str], list[int]]:
     """Class names in index order, and the indices of the lines marked [thing]."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first name
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read classes ({error_reason(err)})") from err
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -274,8 +277,12 @@ def _read_classes(path: Path) -> tuple[list[str], list[int]]:
         raise DataError(f"{path}: classes.txt is empty (expected one class name a line)")
     names, things = [], []
     for line in lines:
-        if line.endswith(THING_MARKER):
-            line = line[: -len(THING_MARKER)].strip()
+        marked = _MARKER.fullmatch(line)
+        if marked:
+            line, tag = marked.group(1).strip(), marked.group(2).strip()
+            if tag.casefold() != THING_MARKER[1:-1]:
+                raise DataError(f"{path}: class {line!r} ends in the marker [{tag}]; the one marker is {THING_MARKER} "
+                                "(countable classes)")
             if not line:
                 raise DataError(f"{path}: a {THING_MARKER} line without a class name")
             things.append(len(names))
@@ -289,8 +296,8 @@ def _read_classes(path: Path) -> tuple[list[str], list[int]]:
 
 
 def _check_void(void: int, class_names: list[str], classes_file: Path) -> None:
-    if not 0 <= void <= 255:
-        raise DataError(f"{classes_file}: void {void} is outside [0, 255]")
+    if not 0 <= void <= MAX_LABEL:
+        raise DataError(f"{classes_file}: void {void} is outside [0, {MAX_LABEL}]")
     if void < len(class_names):
         raise DataError(
             f"{classes_file}: void {void} collides with class {void} ({class_names[void]!r}) "
@@ -298,12 +305,19 @@ def _check_void(void: int, class_names: list[str], classes_file: Path) -> None:
         )
 
 
+def _missing(image: Path, expected: Path, what: str) -> str:
+    """The message for an image whose label (or instance map) is absent, or present but no regular file."""
+    if expected.exists() or expected.is_symlink():
+        return f"{expected}: {what} is not a regular file (a folder, FIFO, socket, device or broken link)"
+    return f"{image}: image has no {what} (expected {expected})"
+
+
 def _split_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "images").is_dir())
 
 
 def _list_images(folder: Path) -> list[Path]:
-    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    images = regular_files(folder, IMAGE_EXTENSIONS)
     images.sort(key=lambda p: (p.stem, p.name))
     for first, second in zip(images, images[1:]):
         if first.stem == second.stem:
@@ -361,7 +375,7 @@ def read_label(sample: Sample, num_classes: int, void: int) -> np.ndarray:
         void: the ignored label value.
 
     Returns:
-        (H, W) uint8 array of class indices in [0, C) or ``void``.
+        (H, W) array of class indices in [0, C) or ``void``: uint8, or uint16 where C or void pass 255.
 
     Raises:
         DataError: unreadable label, multi-channel label, size mismatch or
@@ -403,7 +417,8 @@ def read_label(sample: Sample, num_classes: int, void: int) -> np.ndarray:
             f"{path}: label values {shown}{more} are outside [0, {num_classes}) "
             f"and are not void {void}"
         )
-    return values.astype(np.uint8, copy=values.dtype != np.uint8)
+    dtype = np.uint8 if max(num_classes - 1, void) <= 255 else np.uint16
+    return values.astype(dtype, copy=values.dtype != dtype)
 
 
 def read_instances(sample: Sample) -> np.ndarray | None:

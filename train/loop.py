@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .features import Features
 from .model import SSPrompt
-from .pack import atomic_torch_save
+from .pack import PackError, atomic_torch_save, load_tensors, tensor_problem
 
 __all__ = ["label_probabilities", "segmentation_loss", "train_prompts", "TrainResult"]
 
@@ -88,6 +88,31 @@ def _fingerprint(config: TrainConfig, model: SSPrompt, items: Sequence[Sequence[
             "data": digest.hexdigest()}
 
 
+def _resume_problem(state, fingerprint: dict, model: SSPrompt, total: int) -> str | None:
+    """Why a checkpoint cannot be resumed, or None: the same fingerprint, a step within the run, every
+    learnable tensor valid and of its parameter's shape (pack.tensor_problem), the optimiser's and
+    scheduler's states."""
+    if not isinstance(state, dict):
+        return "not a checkpoint"
+    if state.get("fingerprint") != fingerprint:
+        return "other settings, data or backbones"
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= total:
+        return f"step {str(step)[:20]} is not in 0..{total}"
+    learnables = state.get("learnables")
+    targets = model.prompts.learned()
+    if not isinstance(learnables, dict) or set(learnables) != set(targets):
+        return "its learnables are not this model's"
+    for name, parameter in targets.items():
+        problem = tensor_problem(learnables[name], tuple(parameter.shape))
+        if problem:
+            return f"learnable {name} {problem}"
+    for name in ("optimizer", "scheduler"):
+        if not isinstance(state.get(name), dict):
+            return f"no {name} state"
+    return None
+
+
 def train_prompts(
     model: SSPrompt,
     items: Sequence[Sequence[Features]],
@@ -118,19 +143,28 @@ def train_prompts(
     start = 0
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and ckpt.is_file():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - cut short by the interrupt itself, or not ours: start over
-            state = {}
-        if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
-            log(f"{ckpt}: not resumable (other settings, data or backbones, or damaged); starting afresh")
-        else:
-            with torch.no_grad():
-                for name, parameter in model.prompts.learned().items():
-                    parameter.copy_(state["learnables"][name])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start = int(state["step"])
+        try:  # the same loader and tensor checks as a pack's
+            state = load_tensors(ckpt, PackError, "checkpoint")
+            problem = _resume_problem(state, fingerprint, model, total)
+        except PackError as err:  # cut short by the interrupt itself, or not ours
+            problem = str(err).removeprefix(f"{ckpt}: ")
+        if problem is None:
+            saved = {name: p.detach().clone() for name, p in model.prompts.learned().items()}
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                with torch.no_grad():
+                    for name, parameter in model.prompts.learned().items():
+                        parameter.copy_(state["learnables"][name])
+                start = state["step"]
+            except (KeyError, ValueError, TypeError, RuntimeError) as err:  # torch's own checks of the states
+                with torch.no_grad():
+                    for name, parameter in model.prompts.learned().items():
+                        parameter.copy_(saved[name])
+                optimizer.state.clear()
+                problem = f"optimizer or scheduler state does not fit ({' '.join(str(err).split())[:80]})"
+        if problem is not None:
+            log(f"{ckpt}: not resumable ({problem}); starting afresh")
 
     def save_checkpoint(step: int) -> None:
         if ckpt is None:
@@ -159,6 +193,9 @@ def train_prompts(
         batch = [items[i][flips[i]] for i in chosen]
 
         loss = segmentation_loss(model, batch, void=config.void)
+        if not torch.isfinite(loss):
+            raise ValueError(f"training diverged: loss {loss.item()} at step {step + 1} of {total}; nothing written "
+                             f"(lower --lr, now {config.lr:g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

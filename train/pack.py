@@ -24,7 +24,7 @@ from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.images import brief
 
 __all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "Pack", "PackError", "build_pack", "save_pack", "load_pack", "load_tensors",
-           "check_pack_fits", "package_version", "atomic_torch_save"]
+           "check_pack_fits", "package_version", "atomic_torch_save", "tensor_problem", "TENSOR_DTYPES"]
 
 PACK_FORMAT = "ssprompt.pack"
 PACK_FORMAT_VERSION = 3  # 3: entries named by what they hold, learnables by their prompt source's names
@@ -58,6 +58,25 @@ class Pack:
 
 
 _TENSORS = ("spatial_prompts", "semantic_prompts", "default_spatial", "default_semantic", "grid_points")
+TENSOR_DTYPES = (torch.float32, torch.float16)  # what packs and checkpoints hold (float16: a pack halved for shipping)
+
+
+def tensor_problem(value, shape: tuple[int, ...] | None = None) -> str | None:
+    """What is wrong with a tensor read from a pack or checkpoint, or None: it must be a dense, strided
+    float32 or float16 tensor, finite, and of `shape` where one is given (no axis of length 0)."""
+    if not isinstance(value, torch.Tensor):
+        return f"is {type(value).__name__}, not a tensor"
+    if value.layout != torch.strided or value.is_quantized or value.is_nested:
+        return f"is a {value.layout} tensor, not a dense one"
+    if value.dtype not in TENSOR_DTYPES:
+        return f"is {str(value.dtype).removeprefix('torch.')}; expected float32 or float16"
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        return f"has shape {tuple(value.shape)}, expected {tuple(shape)}"
+    if 0 in value.shape:
+        return f"is empty (shape {tuple(value.shape)})"
+    if not bool(torch.isfinite(value).all()):
+        return "holds NaN or infinite values"
+    return None
 
 
 def package_version() -> str:
@@ -120,6 +139,14 @@ def load_tensors(path: Path, error: type[Exception], what: str):
     import pickle
 
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise error(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol byte.
+    if not head.startswith((b"PK", b"\x80")):
+        raise error(f"{path}: not a {what} (not a file written by torch.save)")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or "Weights only load failed" in str(err):
@@ -177,8 +204,20 @@ def load_pack(path: str | Path) -> Pack:
         raise PackError(f"{path}: pack lacks {', '.join(missing)}")
     pack = Pack(**{f.name: values[f.name] for f in fields(Pack) if f.name in values})
     _check_values(path, pack)
+    _check_configs(path, pack)
     _check_tensors(path, pack)
     return pack
+
+
+def _check_configs(path: Path, pack: Pack) -> None:
+    """model_config and train_config typed, and as their dataclasses accept them."""
+    from .config import ModelConfig, TrainConfig, config_from_dict
+
+    for name, cls in (("model_config", ModelConfig), ("train_config", TrainConfig)):
+        try:
+            config_from_dict(cls, getattr(pack, name))
+        except (TypeError, ValueError) as err:
+            raise PackError(f"{path}: {name}: {' '.join(str(err).split())}") from None
 
 
 def _check_values(path: Path, pack: Pack) -> None:
@@ -191,6 +230,9 @@ def _check_values(path: Path, pack: Pack) -> None:
     names = pack.class_names
     if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
         raise PackError(f"{path}: class_names must be a list of non-empty strings")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise PackError(f"{path}: class name {brief(repeated[0])} appears more than once; class names must be distinct")
     if not isinstance(pack.palette, list):
         raise PackError(f"{path}: palette must be a list of colours")
     for i, colour in enumerate(pack.palette):
@@ -206,19 +248,22 @@ def _check_values(path: Path, pack: Pack) -> None:
 
 
 def _check_tensors(path: Path, pack: Pack) -> None:
-    """Every tensor float and finite; the shapes consistent with each other and with the classes."""
+    """Every tensor dense, float32 or float16 and finite (`tensor_problem`); the shapes consistent with each
+    other, with the classes and with the model config's number of prompts."""
     tensors = {name: getattr(pack, name) for name in _TENSORS}
     tensors.update({f"learned {name}": t for name, t in pack.learned.items()})
     for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise PackError(f"{path}: {name} is not a tensor")
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise PackError(f"{path}: {name} holds NaN, infinite or non-float values")
+        problem = tensor_problem(tensor)
+        if problem:
+            raise PackError(f"{path}: {name} {problem}")
     spatial, semantic = pack.spatial_prompts, pack.semantic_prompts
     if spatial.dim() != 3 or semantic.dim() != 2:
         raise PackError(f"{path}: spatial_prompts must be (N, T, E) and semantic_prompts (C, D), got "
                         f"{tuple(spatial.shape)} and {tuple(semantic.shape)}")
     n, c = spatial.shape[0], semantic.shape[0]
+    declared = pack.model_config.get("num_prompts", n)
+    if n != declared:
+        raise PackError(f"{path}: spatial_prompts holds {n} prompts; model_config.num_prompts says {declared}")
     expected = {"default_spatial": tuple(spatial.shape), "default_semantic": tuple(semantic.shape), "grid_points": (n, 2)}
     for name, shape in expected.items():
         if tuple(getattr(pack, name).shape) != shape:

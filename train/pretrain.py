@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 import click
+
+from ssprompt.runtime.options import POSITIVE, SEED, OutputFile
 from tqdm import tqdm
 
 from .world import COLOURS, SHAPES, Scene, Thing, caption, draw_things, pretraining_scene
@@ -316,14 +318,20 @@ def crop_accuracy(clip: nn.Module, tokenizer, rng: np.random.Generator, texture:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", default="pretrained", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="pretrained", show_default=True, type=OutputFile(folder=True),
               help="Folder for tiny_sam.pt, tiny_clip.pt and tiny.json (the shipped ones: ssprompt/train/weights).")
-@click.option("--seed", default=PretrainConfig.seed, show_default=True)
-@click.option("--threads", default=PretrainConfig.threads, show_default=True, help="torch CPU threads; the same count reproduces the same weights.")
-@click.option("--sam-steps", default=PretrainConfig.sam_steps, show_default=True)
-@click.option("--clip-steps", default=PretrainConfig.clip_steps, show_default=True)
+@click.option("--seed", default=PretrainConfig.seed, show_default=True, type=SEED)
+@click.option("--threads", default=PretrainConfig.threads, show_default=True, type=POSITIVE, help="torch CPU threads; the same count reproduces the same weights.")
+@click.option("--sam-steps", default=PretrainConfig.sam_steps, show_default=True, type=POSITIVE)
+@click.option("--clip-steps", default=PretrainConfig.clip_steps, show_default=True, type=POSITIVE)
 @click.option("--quiet", is_flag=True)
 def pretrain_command(out, seed, threads, sam_steps, clip_steps, quiet) -> None:
     """Pretrain the tiny SAM and CLIP on the miniature world (about 20 minutes on 2 CPU cores)."""
+    from ssprompt.runtime.files import terminate_like_interrupt
+
+    terminate_like_interrupt()
     config = PretrainConfig(seed=seed, threads=threads, sam_steps=sam_steps, clip_steps=clip_steps)
-    pretrain(config, out, progress=not quiet, log=click.echo)
+    try:
+        pretrain(config, out, progress=not quiet, log=click.echo)
+    except (OSError, ValueError) as err:  # a full disk, a folder that cannot be made: one line, exit 1
+        raise click.ClickException(" ".join(str(err).split())) from None

@@ -10,12 +10,15 @@ Shapes: H x W an image.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ssprompt.runtime.files import regular_files
 
 __all__ = ["SYNTHETIC_CLASSES", "make_synthetic"]
 
@@ -53,11 +56,12 @@ def make_synthetic(
         void: label value of the shape borders, in [len(SYNTHETIC_CLASSES), 255].
 
     Returns:
-        ``root`` as a Path. An existing root whose classes.txt lists
-        SYNTHETIC_CLASSES is returned untouched.
+        ``root`` as a Path. An existing synthetic dataset of the same settings
+        (``root/dataset.json``) is returned untouched.
 
     Raises:
-        FileExistsError: ``root`` exists, is not empty and is not a synthetic dataset.
+        FileExistsError: ``root`` exists, is not empty and is not a synthetic dataset,
+            or is one of other settings.
         ValueError: bad counts, size or void.
     """
     root = Path(root)
@@ -69,7 +73,10 @@ def make_synthetic(
     if not len(SYNTHETIC_CLASSES) <= void <= 255:
         raise ValueError(f"void must be in [{len(SYNTHETIC_CLASSES)}, 255], got {void}")
 
+    settings = {"generator": "synthetic", "n_train": n_train, "n_val": n_val, "size": [height, width], "seed": seed,
+                "void": void}
     if _is_synthetic(root):
+        check_generated(root, settings)
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(
@@ -83,6 +90,7 @@ def make_synthetic(
     try:
         tmp.mkdir(parents=True)
         (tmp / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES) + "\n", encoding="utf-8")
+        (tmp / GENERATED_SETTINGS).write_text(json.dumps(settings) + "\n", encoding="utf-8")
         for index, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             rng = np.random.default_rng([seed, index])
             _write_split(tmp / split, count, (height, width), rng, void)
@@ -98,6 +106,28 @@ def make_synthetic(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+GENERATED_SETTINGS = "dataset.json"  # what a generated dataset was made with
+
+
+def check_generated(root: Path, settings: dict) -> None:
+    """An existing generated dataset is reused only if it was made with `settings` (its dataset.json; one
+    written before that file existed is judged by its image counts); otherwise FileExistsError."""
+    recorded = root / GENERATED_SETTINGS
+    try:
+        found = json.loads(recorded.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        found = {key: len(regular_files(root / split / "images", {".png"})) if (root / split / "images").is_dir() else 0
+                 for key, split in (("n_train", "train"), ("n_val", "val"))}
+    except (OSError, ValueError):
+        found = {}
+    differ = [f"{key} {found.get(key)} (asked {value})" for key, value in settings.items()
+              if key in found and found[key] != value]
+    if differ or not found:
+        what = ", ".join(differ) or f"unreadable {GENERATED_SETTINGS}"
+        raise FileExistsError(f"{root}: holds a generated dataset of other settings ({what}); remove it or choose "
+                              "another folder")
 
 
 def _is_synthetic(root: Path) -> bool:

@@ -14,6 +14,7 @@ Shapes: H x W an image.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from PIL import Image
 from ssprompt.runtime.files import write_text_atomic
 
 from .data import THING_MARKER
-from .synthetic import _dilate, _shape_mask
+from .synthetic import GENERATED_SETTINGS, _dilate, _shape_mask, check_generated
 
 __all__ = [
     "COLOURS",
@@ -222,18 +223,21 @@ def make_world(root: str | Path, n_train: int = 48, n_val: int = 32, size: tuple
     ``root/{train,val}/{images,labels,instances}/NNNN.png``;
     labels hold a class index per pixel (``void`` on object borders), instances an instance
     id per pixel (0 background and clutter, 255 void). Files are generated in
-    ``root.tmp-<pid>`` and renamed into place; an existing world is returned untouched (one
-    written before classes.txt marked things gets the markers: its files are the same).
+    ``root.tmp-<pid>`` and renamed into place; an existing world of the same settings is returned
+    untouched (one written before classes.txt marked things gets the markers: its files are the same).
 
     Raises:
-        FileExistsError: ``root`` exists, is not empty and is not this world.
+        FileExistsError: ``root`` exists, is not empty and is not this world, or is one of other settings.
     """
     root = Path(root)
     classes = "".join(f"{name} {THING_MARKER}\n" if name in TASK_THINGS else f"{name}\n" for name in TASK_CLASSES)
+    settings = {"generator": "world", "n_train": n_train, "n_val": n_val, "size": list(size), "seed": seed, "void": void}
     found = (root / "classes.txt").read_text(encoding="utf-8") if (root / "classes.txt").is_file() else None
     if found == classes:
+        check_generated(root, settings)
         return root
     if found == "".join(f"{name}\n" for name in TASK_CLASSES):  # a world written before the [thing] markers
+        check_generated(root, settings)
         write_text_atomic(root / "classes.txt", classes)
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -243,6 +247,7 @@ def make_world(root: str | Path, n_train: int = 48, n_val: int = 32, size: tuple
     try:
         tmp.mkdir(parents=True)
         (tmp / "classes.txt").write_text(classes, encoding="utf-8")
+        (tmp / GENERATED_SETTINGS).write_text(json.dumps(settings) + "\n", encoding="utf-8")
         for index, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             rng = np.random.default_rng([seed, 1000 + index])
             for kind in ("images", "labels", "instances"):

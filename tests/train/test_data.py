@@ -228,10 +228,11 @@ def test_void_colliding_with_a_class(tmp_path: Path) -> None:
     assert str(root / "classes.txt") in str(info.value)
 
 
-def test_void_outside_byte_range(tmp_path: Path) -> None:
+def test_void_outside_the_16_bit_range(tmp_path: Path) -> None:
     root = _flat_folder(tmp_path / "ds")
-    with pytest.raises(DataError, match=r"void 256 is outside \[0, 255\]"):
-        open_folder(root, void=256)
+    assert open_folder(root, void=256).void == 256  # 16-bit labels (issue 29 item 12)
+    with pytest.raises(DataError, match=r"void 65536 is outside \[0, 65535\]"):
+        open_folder(root, void=65536)
 
 
 def test_no_images_names_the_folder(tmp_path: Path) -> None:

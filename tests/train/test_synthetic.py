@@ -77,11 +77,17 @@ def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
     assert (first / image).read_bytes() != (other / image).read_bytes()
 
 
-def test_existing_synthetic_root_is_returned_untouched(tmp_path: Path) -> None:
+def test_existing_synthetic_root_of_the_same_settings_is_returned_untouched(tmp_path: Path) -> None:
     root = make_synthetic(tmp_path / "shapes", n_train=2, n_val=1)
     marker = root / "train" / "images" / "0000.png"
     before = marker.stat().st_mtime_ns
-    assert make_synthetic(root, n_train=5, n_val=5) == root
+    assert make_synthetic(root, n_train=2, n_val=1) == root
+    with pytest.raises(FileExistsError, match="other settings"):  # issue 29 item 19: never "made" with 2 images
+        make_synthetic(root, n_train=5, n_val=5)
+    (root / "dataset.json").unlink()  # one written before the settings were recorded: judged by its counts
+    assert make_synthetic(root, n_train=2, n_val=1) == root
+    with pytest.raises(FileExistsError, match=r"n_train 2 \(asked 5\)"):
+        make_synthetic(root, n_train=5, n_val=1)
     assert marker.stat().st_mtime_ns == before
     assert len(list((root / "train" / "images").iterdir())) == 2
 

@@ -76,7 +76,9 @@ def test_world_is_reproducible_and_kept(world, tmp_path):
     again = make_world(tmp_path / "w", n_train=6, n_val=3, seed=5)
     for name in ("train/images/0003.png", "val/labels/0002.png", "val/instances/0001.png"):
         assert (again / name).read_bytes() == (world / name).read_bytes()
-    assert make_world(world, n_train=99) == world  # an existing world is returned untouched
+    assert make_world(world, n_train=6, n_val=3, seed=5) == world  # an existing world of these settings is kept
+    with pytest.raises(FileExistsError, match=r"holds a generated dataset of other settings \(n_train 6 \(asked 99\)"):
+        make_world(world, n_train=99, n_val=3, seed=5)  # never "made" while it holds 6 images (issue 29 item 19)
     assert len(open_folder(world, "train")) == 6
 
 
@@ -93,7 +95,8 @@ def test_a_world_from_before_the_thing_markers_gets_them_and_keeps_its_files(wor
     old = tmp_path / "old"
     shutil.copytree(world, old)
     (old / "classes.txt").write_text("".join(f"{name}\n" for name in TASK_CLASSES))
+    (old / "dataset.json").unlink()  # nor did it record its settings
     image = (old / "val" / "images" / "0000.png").read_bytes()
-    assert make_world(old) == old
+    assert make_world(old, n_train=6, n_val=3) == old
     assert open_folder(old, "val").thing_classes == [1, 2, 3, 4]
     assert (old / "val" / "images" / "0000.png").read_bytes() == image
