@@ -7,32 +7,18 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .backends import open_runner
-from .files import atomic_path, remove_stale_temporaries, write_text_atomic
+from .coco import categories
+from .contract import GraphMetadata
+from .files import remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from .images import ImageError, find_images, read_image
-from .coco import categories, instance_overlay, instance_records, panoptic_overlay, panoptic_png, panoptic_record
 from .instances import InstanceOptions, PanopticOptions
-from .postprocess import overlay
+from .outputs import TASK_JSON, TaskSettings, encode_image, task_json
 from .segmenter import Segmenter
 
-# Each task's one file for all images, beside summary.json.
-_TASK_JSON = {"semantic": None, "instance": "instances.json", "panoptic": "panoptic.json"}
-
-__all__ = ["segment_files", "unique_names", "write_png"]
-
-
-def write_png(array: np.ndarray, path: Path) -> None:
-    """Write an image atomically: a temporary file beside `path`, then rename."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-def _label_image(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return labels.astype(np.uint8 if num_classes <= 256 else np.uint16)
+__all__ = ["segment_files", "unique_names", "prepare_output", "finish_output", "comparable_outputs"]
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -85,8 +71,13 @@ def segment_files(
     task: str = "semantic",
     instance_options: InstanceOptions = InstanceOptions(),
     panoptic_options: PanopticOptions = PanopticOptions(),
+    cluster=None,
+    on_row=None,
 ) -> dict:
     """Segment every image under `inputs`; returns (and writes as out/summary.json) a summary.
+
+    With `cluster` (a cluster.ClusterConfig), the same job and the same files through a Ray Data
+    pipeline (cluster.py; `on_row` sees each image's row as it comes back).
 
     Tasks: semantic writes labels/<stem>.png (a class index a pixel); instance writes instances.json
     (COCO results, RLE masks); panoptic writes panoptic/<stem>.png and panoptic.json (COCO panoptic).
@@ -103,6 +94,12 @@ def segment_files(
     """
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
+    settings = TaskSettings(task, with_overlay, instance_options, panoptic_options)
+    if cluster is not None:
+        from .cluster import segment_files_ray
+
+        return segment_files_ray(model, inputs, out, batch, settings, skip_bad, backend, provider, progress, log,
+                                 cluster, on_row)
     paths = find_images(list(inputs))
     out = Path(out)
     records, skipped = [], []
@@ -112,15 +109,10 @@ def segment_files(
             log(note)
         segmenter = Segmenter(runner)
         segmenter.check_task(task)
-        earlier = _previous_outputs(out)
-        for folder in (out, out / "labels", out / "overlays", out / "panoptic"):
-            remove_stale_temporaries(folder)
+        earlier = prepare_output(out)
         names = unique_names(paths)
         image_ids = {path: i + 1 for i, path in enumerate(paths)}
-        coco_instances, coco_panoptic = [], []
-        segment = {"semantic": segmenter.segment,
-                   "instance": lambda chunk_images: segmenter.instances(chunk_images, instance_options),
-                   "panoptic": lambda chunk_images: segmenter.panoptic(chunk_images, panoptic_options)}[task]
+        coco: list[dict] = []
         bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)
         for start in range(0, len(paths), batch):
             chunk = list(zip(paths[start:start + batch], names[start:start + batch]))
@@ -136,45 +128,52 @@ def segment_files(
                     log(f"skipped {err}")
             if images:
                 began = time.perf_counter()
-                results = segment(images)
+                results = segmenter.run(task, images, instance_options, panoptic_options)
                 seconds = (time.perf_counter() - began) / len(images)
                 for (path, stem), image, result in zip(kept, images, results):
-                    record = {"file": str(path), "image_id": image_ids[path], "height": int(image.shape[0]),
-                              "width": int(image.shape[1])}
-                    if task == "semantic":
-                        record["label"] = f"labels/{stem}.png"
-                        write_png(_label_image(result, len(segmenter.class_names)), out / record["label"])
-                        picture = overlay(image, result, segmenter.palette) if with_overlay else None
-                        record["classes"] = [segmenter.class_names[c] for c in np.unique(result)
-                                             if c < len(segmenter.class_names)]
-                    elif task == "instance":
-                        coco_instances += instance_records(record["image_id"], result)
-                        record["instances"] = len(result.masks)
-                        picture = instance_overlay(image, result) if with_overlay else None
-                    else:
-                        record["panoptic"] = f"panoptic/{stem}.png"
-                        write_png(panoptic_png(result.ids), out / record["panoptic"])
-                        coco_panoptic.append(panoptic_record(record["image_id"], f"{stem}.png", result))
-                        record["segments"] = len(result.segments)
-                        picture = panoptic_overlay(image, result, segmenter.palette) if with_overlay else None
-                    if picture is not None:
-                        record["overlay"] = f"overlays/{stem}.png"
-                        write_png(picture, out / record["overlay"])
-                    written |= {out / record[key] for key in ("label", "overlay", "panoptic") if key in record}
-                    records.append({**record, "seconds": seconds})
+                    encoded = encode_image(runner.metadata, settings, result, str(path), stem, image_ids[path], image.shape[:2],
+                                           image)
+                    for name, data in encoded.files.items():
+                        write_bytes_atomic(out / name, data)
+                    written |= {out / name for name in encoded.files}
+                    coco += encoded.coco
+                    records.append({**encoded.record, "seconds": seconds})
             bar.update(len(chunk))
         bar.close()
-        listing = categories(segmenter.class_names, segmenter.thing_classes, segmenter.palette)
-        summary = {"model": str(model), "backend": runner.backend, "device": runner.device,
-                   "precision": segmenter.runner.metadata.precision, "task": task, "categories": listing,
-                   "files": [_TASK_JSON[task]] if _TASK_JSON[task] else [], "images": records, "skipped": skipped}
+        backend_name, device = runner.backend, runner.device
+    return finish_output(out, model, backend_name, device, runner.metadata, task, records, skipped, coco,
+                         earlier, written, len(paths), log)
+
+
+def prepare_output(out: Path) -> set[Path]:
+    """Before a run writes into `out`: removes temporaries that dead writers left there; returns the files
+    an earlier run listed in out/summary.json."""
+    earlier = _previous_outputs(out)
+    for folder in (out, out / "labels", out / "overlays", out / "panoptic"):
+        remove_stale_temporaries(folder)
+    return earlier
+
+
+def finish_output(out: Path, model: str | Path, backend: str, device: str, meta: GraphMetadata, task: str,
+                  records: list[dict], skipped: list[dict], coco: list[dict], earlier: set[Path], written: set[Path],
+                  inputs: int, log=print) -> dict:
+    """After every image's files are written: the task's JSON file, the earlier run's files this one did not
+    write removed, then summary.json (last, so that a folder with a summary is a finished one); returns it.
+
+    `records` and `coco` are in image-id order; `written` holds the image files this run wrote.
+
+    Raises:
+      ImageError: no image segmented (nothing is written then).
+    """
     if not records:
-        raise ImageError(f"none of the {len(paths)} input images could be segmented ({len(skipped)} unreadable); nothing written")
-    if task == "instance":
-        write_text_atomic(out / _TASK_JSON[task], json.dumps(coco_instances))
-    elif task == "panoptic":
-        write_text_atomic(out / _TASK_JSON[task], json.dumps({"annotations": coco_panoptic, "categories": listing}))
-    written |= {out / name for name in summary["files"]}
+        raise ImageError(f"none of the {inputs} input images could be segmented ({len(skipped)} unreadable); nothing written")
+    listing = categories(meta.class_names, meta.thing_classes, meta.palette)
+    summary = {"model": str(model), "backend": backend, "device": device, "precision": meta.precision, "task": task,
+               "categories": listing, "files": [TASK_JSON[task]] if TASK_JSON[task] else [], "images": records,
+               "skipped": skipped}
+    if TASK_JSON[task]:
+        write_text_atomic(out / TASK_JSON[task], task_json(task, coco, listing))
+    written = written | {out / name for name in summary["files"]}
     stale = sorted(earlier - written)
     for path in stale:
         path.unlink(missing_ok=True)
@@ -182,3 +181,16 @@ def segment_files(
         log(f"removed {len(stale)} files of the previous run in {out} that this run did not write")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def comparable_outputs(out: str | Path) -> dict[str, bytes]:
+    """Every file a run wrote into `out` (hidden ones aside) by its path there, summary.json without its
+    timings: two runs of the same images, model and options give equal dicts."""
+    out = Path(out)
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)}
+    summary = json.loads(files.pop("summary.json"))
+    for record in summary["images"]:
+        record.pop("seconds")
+    files["summary.json"] = json.dumps(summary).encode()
+    return files
