@@ -134,9 +134,7 @@ def main() -> None:
         f"({'each exactly once' if once else 'NOT each once'}); {len(temporaries)} temporaries left; every file "
         f"{'equal to' if killed_equal else 'NOT equal to'} ssp-run's.",
     ]
-    if args.note:
-        lines += ["", f"Run note: {args.note}"]
-    write_report(args.out, lines)
+    write_report(args.out, lines, args.note)
 
     def draw(ax) -> None:
         labels = ["ssp-run", "--ray\n(command)", "--ray\n(pipeline)", "--ray\nactor killed"]

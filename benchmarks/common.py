@@ -121,10 +121,13 @@ def table_lines(columns: list[str], rows: list[list[str]]) -> list[str]:
     return [line(columns), "|" + "---|" * len(columns), *(line(row) for row in rows)]
 
 
-def write_report(path: Path, lines: list[str]) -> None:
-    """The markdown report, written atomically, and echoed to the terminal."""
+def write_report(path: Path, lines: list[str], note: str = "") -> None:
+    """The markdown report, written atomically, and echoed to the terminal; `note` (the run's conditions, in
+    the words of whoever ran it) goes last."""
     from ssprompt.runtime.files import write_text_atomic
 
+    if note:
+        lines = [*lines, "", f"Run note: {note}"]
     write_text_atomic(path, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -287,9 +287,7 @@ def main() -> None:
         f"(most common, and the mean a request rode in), measured in this run after the server stopped: {bench_text} "
         f"(graph calls only: no decoding, encoding or HTTP). Served / in-process at batch {formed}: {100 * ratio:.0f} %.",
     ]
-    if args.note:
-        lines += ["", f"Run note: {args.note}"]
-    write_report(args.out, lines)
+    write_report(args.out, lines, args.note)
 
     def draw(latency_ax, throughput_ax) -> None:
         levels = list(runs)
