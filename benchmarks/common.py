@@ -43,8 +43,9 @@ def fullsize_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def random_fullsize_model(sam: str, clip: str, prompts: int, classes: int):
+def random_fullsize_model(sam: str, clip: str, prompts: int, classes: int, random_weights: bool = True):
     """(SSPrompt, its backbones): full-size backbones holding seeded random weights, untrained default prompts.
+    `random_weights` False: the backbones' own weights (the shipped tiny ones for "tiny").
 
     Export and runtime behaviour (graph, sizes, latency, FLOPs) do not depend on weight values.
     """
@@ -52,18 +53,20 @@ def random_fullsize_model(sam: str, clip: str, prompts: int, classes: int):
     from ssprompt.train.config import ModelConfig
     from ssprompt.train.model import SSPrompt
 
-    backbones = load_backbones(sam, clip, random_weights=True)
+    backbones = load_backbones(sam, clip, random_weights=random_weights)
     names = [f"class {i}" for i in range(classes)]
-    return SSPrompt(backbones, names, ModelConfig(sam=sam, clip=clip, random_weights=True, num_prompts=prompts)), backbones
+    config = ModelConfig(sam=sam, clip=clip, random_weights=random_weights, num_prompts=prompts)
+    return SSPrompt(backbones, names, config), backbones
 
 
-def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: Path) -> Path:
-    """random_fullsize_model saved as a pack at `path`."""
+def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: Path, random_weights: bool = True,
+                         thing_classes: tuple[int, ...] = ()) -> Path:
+    """random_fullsize_model saved as a pack at `path`, `thing_classes` marked countable (instance, panoptic)."""
     from ssprompt.runtime.palette import default_palette
     from ssprompt.train.pack import build_pack, save_pack
 
-    model, backbones = random_fullsize_model(sam, clip, prompts, classes)
-    save_pack(build_pack(model, backbones, default_palette(classes), 255, {}, {}), path)
+    model, backbones = random_fullsize_model(sam, clip, prompts, classes, random_weights)
+    save_pack(build_pack(model, backbones, default_palette(classes), 255, {}, {}, thing_classes), path)
     return path
 
 
@@ -118,10 +121,13 @@ def table_lines(columns: list[str], rows: list[list[str]]) -> list[str]:
     return [line(columns), "|" + "---|" * len(columns), *(line(row) for row in rows)]
 
 
-def write_report(path: Path, lines: list[str]) -> None:
-    """The markdown report, written atomically, and echoed to the terminal."""
+def write_report(path: Path, lines: list[str], note: str = "") -> None:
+    """The markdown report, written atomically, and echoed to the terminal; `note` (the run's conditions, in
+    the words of whoever ran it) goes last."""
     from ssprompt.runtime.files import write_text_atomic
 
+    if note:
+        lines = [*lines, "", f"Run note: {note}"]
     write_text_atomic(path, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -13,7 +13,7 @@ from .instances import InstanceOptions, PanopticOptions
 from .options import NON_NEGATIVE, POSITIVE, UNIT, FiniteFloat, IntList, OutputFile
 from .segmenter import TASKS
 
-__all__ = ["run_command", "bench_command", "postprocess_options", "options_from"]
+__all__ = ["run_command", "bench_command", "serve_command", "postprocess_options", "options_from"]
 
 _backend = click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
                         help="auto: TensorRT for .plan/.engine, ONNX Runtime for .onnx.")
@@ -75,20 +75,47 @@ def _user_errors():
 @postprocess_options
 @_backend
 @_provider
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run as a Ray Data pipeline (pip install 'ssprompt[serve]'): on a Ray started here, or on the cluster "
+                   "at ADDRESS (auto, ray://host:10001). Same outputs; a rerun skips the images already done.")
+@click.option("--actors", default=None, metavar="MIN,MAX", help="--ray: the runner actor pool's size  [default: 1 up to "
+              "what the CPUs (or GPUs) hold]")
+@click.option("--actor-cpus", default=None, type=click.FloatRange(min=0), help="--ray: CPUs each runner actor reserves.")
+@click.option("--actor-gpus", default=None, type=click.FloatRange(min=0),
+              help="--ray: GPUs each runner actor reserves  [default: 1 where the cluster has GPUs, else 0]")
 @click.option("--quiet", is_flag=True)
-def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend, provider, quiet, **postprocess) -> None:
+def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend, provider, ray_address, actors,
+                actor_cpus, actor_gpus, quiet, **postprocess) -> None:
     """Segment images (files or folders) with an exported model: label PNGs, COCO instances or COCO panoptic,
     overlays, summary.json."""
     from .files import terminate_like_interrupt
     from .run import segment_files
 
     terminate_like_interrupt()
+    if ray_address is None and (actors or actor_cpus is not None or actor_gpus is not None):
+        raise click.UsageError("--actors, --actor-cpus and --actor-gpus go with --ray")
+    try:
+        pool = tuple(int(n) for n in actors.split(",")) if actors else None
+        if pool is not None and len(pool) != 2:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{actors!r}: expected MIN,MAX such as 1,4", param_hint="--actors") from None
 
     try:
         instance_options, panoptic_options = options_from(postprocess)
+        arguments = dict(progress=not quiet, log=click.echo, task=task, instance_options=instance_options,
+                         panoptic_options=panoptic_options)
+        cluster = None
+        if ray_address is not None:
+            try:
+                import ray.data  # noqa: F401
+
+                from .cluster import ClusterConfig
+            except ImportError:
+                raise click.ClickException("--ray needs Ray Data: pip install 'ssprompt[serve]'") from None
+            cluster = ClusterConfig(None if ray_address == "local" else ray_address, pool, actor_cpus, actor_gpus)
         summary = segment_files(model, list(inputs), out, batch, with_overlay, on_error == "skip", backend, provider,
-                                progress=not quiet, log=click.echo, task=task, instance_options=instance_options,
-                                panoptic_options=panoptic_options)
+                                cluster=cluster, **arguments)
     except _user_errors() as err:
         raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(f"{len(summary['images'])} images segmented on {summary['backend']} ({summary['device']}), "
@@ -141,3 +168,51 @@ def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, 
     except (RuntimeError, OSError) as err:
         raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(json.dumps({"environment": info, "rows": rows_as_dicts(rows)}) if as_json else table)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1), help="Copies of the model serving.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Most requests one graph call takes (Ray Serve's batching).")
+@click.option("--batch-wait-ms", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long a batch waits for more requests before it runs.")
+@click.option("--cpus-per-replica", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="CPUs Ray reserves for each replica.")
+@click.option("--gpus-per-replica", default=None, type=click.FloatRange(min=0),
+              help="GPUs Ray reserves for each replica  [default: 1 where the cluster has GPUs, else 0]")
+@click.option("--max-bytes", default=64 * 2**20, show_default=True, type=click.IntRange(min=1),
+              help="Largest upload taken; larger ones get 413.")
+@click.option("--address", default=None,
+              help="A running Ray cluster to serve from (ray://host:10001, or auto); default: start one here.")
+@postprocess_options
+@_backend
+@_provider
+def serve_command(model, host, port, replicas, max_batch, batch_wait_ms, cpus_per_replica, gpus_per_replica, max_bytes,
+                  address, backend, provider, **postprocess) -> None:
+    """Serve an exported model over HTTP with Ray Serve: POST /segment?task=semantic|instance|panoptic with an image
+    (answers what ssp-run writes for it), GET /metadata, GET /healthz. Needs pip install 'ssprompt[serve]'."""
+    from .files import terminate_like_interrupt
+
+    terminate_like_interrupt()
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise click.ClickException("ssp-serve needs Ray Serve: pip install 'ssprompt[serve]'") from None
+    from .backends import open_runner
+    from .segmenter import Segmenter
+    from .serve import ServeConfig, run_server
+
+    try:
+        instance_options, panoptic_options = options_from(postprocess)
+        with open_runner(model, backend, provider) as runner:  # a bad model fails here, in one line, not in a replica
+            Segmenter(runner)
+        config = ServeConfig(str(Path(model).resolve()), backend, provider, max_batch, batch_wait_ms, replicas,
+                             cpus_per_replica, gpus_per_replica, max_bytes,
+                             instance_options, panoptic_options)
+    except _user_errors() as err:
+        raise click.ClickException(" ".join(str(err).split())) from None
+    run_server(config, host, port, address, log=click.echo)

@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-__all__ = ["TEMPORARY_PREFIX", "NAME_MAX", "atomic_path", "atomic_folder", "write_text_atomic", "is_temporary",
-           "remove_stale_temporaries", "terminate_like_interrupt", "exclusive", "LockedError", "regular_files",
-           "is_regular_file", "cut_name", "WriteError", "file_sha256"]
+__all__ = ["TEMPORARY_PREFIX", "NAME_MAX", "atomic_path", "atomic_folder", "write_text_atomic", "write_bytes_atomic",
+           "is_temporary", "remove_stale_temporaries", "terminate_like_interrupt", "exclusive", "LockedError",
+           "regular_files", "is_regular_file", "cut_name", "WriteError", "file_sha256"]
 
 TEMPORARY_PREFIX = ".ssprompt-tmp-"
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
@@ -194,14 +194,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def terminate_like_interrupt() -> None:
+def terminate_like_interrupt(replace: bool = False) -> None:
     """Make SIGTERM raise KeyboardInterrupt in the main thread, as Ctrl-C does, so `finally` blocks
-    remove temporaries before the process ends. Called by every command-line entry point."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    remove temporaries before the process ends. Called by every command-line entry point; a handler
+    already set (by a library) is replaced only with `replace`."""
+    if replace or signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)
 
 

@@ -8,14 +8,16 @@ Shapes: H x W an image.
 
 from __future__ import annotations
 
+import io
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageError", "brief", "error_reason", "open_image", "read_image", "find_images"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageError", "brief", "error_reason", "open_image", "read_image", "decode_image",
+           "find_images"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -43,9 +45,10 @@ def brief(value) -> str:
 
 
 @contextmanager
-def open_image(path: str | Path, what: str = "image", load: bool = True) -> Iterator[Image.Image]:
+def open_image(path: str | Path | BinaryIO, what: str = "image", load: bool = True,
+               name: str | None = None) -> Iterator[Image.Image]:
     """`PIL.Image.open(path)`, its pixels loaded unless `load` is False (the header alone then);
-    a file that cannot be decoded raises an ImageError naming it.
+    a file that cannot be decoded raises an ImageError naming it (`name`, else `path`).
 
     Pillow refuses images of more than twice `Image.MAX_IMAGE_PIXELS` (about 179 million
     pixels) as decompression bombs; that refusal is an ImageError too.
@@ -58,7 +61,7 @@ def open_image(path: str | Path, what: str = "image", load: bool = True) -> Iter
     except Exception as err:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError, struct.error, ...
         if im is not None:
             im.close()
-        raise ImageError(f"{path}: cannot read {what} ({error_reason(err)})") from err
+        raise ImageError(f"{name or path}: cannot read {what} ({error_reason(err)})") from err
     try:
         yield im
     finally:
@@ -78,15 +81,24 @@ def read_image(path: str | Path) -> np.ndarray:
       ImageError: the file cannot be read or decoded.
     """
     path = Path(path)
-    with open_image(path) as im:
+    return _upright_rgb(path, str(path))
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """`read_image` of a file's bytes (an upload): the same array, the same errors, naming `name`."""
+    return _upright_rgb(io.BytesIO(data), name)
+
+
+def _upright_rgb(source: Path | BinaryIO, name: str) -> np.ndarray:
+    with open_image(source, name=name) as im:
         try:
             upright = ImageOps.exif_transpose(im)
         except Exception as err:  # noqa: BLE001 - a corrupt EXIF block fails in many ways
-            raise ImageError(f"{path}: cannot read image (bad EXIF orientation: {error_reason(err)})") from err
-        return _to_rgb(upright, path)
+            raise ImageError(f"{name}: cannot read image (bad EXIF orientation: {error_reason(err)})") from err
+        return _to_rgb(upright, name)
 
 
-def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
+def _to_rgb(im: Image.Image, path: str) -> np.ndarray:
     if im.mode == "RGB":
         return np.array(im, dtype=np.uint8)
     if im.mode.startswith("I;16") or im.mode == "I":

@@ -7,21 +7,17 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .backends import open_runner
 from .bench import peak_rss_mb, reset_peak_rss, rss_mb
-from .files import NAME_MAX, atomic_path, cut_name, exclusive, remove_stale_temporaries, write_text_atomic
+from .coco import categories
+from .contract import GraphMetadata
+from .files import NAME_MAX, cut_name, exclusive, remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from .images import ImageError, find_images, read_image
-from .coco import categories, instance_overlay, instance_records, panoptic_overlay, panoptic_png, panoptic_record
 from .instances import InstanceOptions, PanopticOptions
-from .postprocess import overlay
+from .outputs import TASK_JSON, TaskSettings, encode_image, task_json
 from .segmenter import Segmenter
-
-# Each task's one file for all images, beside summary.json.
-_TASK_JSON = {"semantic": None, "instance": "instances.json", "panoptic": "panoptic.json"}
 # The folders of --out that hold one file an image; never read as input, even where --out is an input folder.
 OUTPUT_FOLDERS = ("labels", "overlays", "panoptic")
 # A stem leaves room for a clash's suffix (_12345) and .png within one path component.
@@ -29,17 +25,7 @@ _STEM_BYTES = NAME_MAX - len("_12345.png")
 # One call may take at most this share of the memory available when the run starts.
 CALL_MEMORY_SHARE = 0.5
 
-__all__ = ["segment_files", "unique_names", "write_png"]
-
-
-def write_png(array: np.ndarray, path: Path) -> None:
-    """Write an image atomically: a temporary file beside `path`, then rename."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-def _label_image(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return labels.astype(np.uint8 if num_classes <= 256 else np.uint16)
+__all__ = ["segment_files", "unique_names", "prepare_output", "finish_output", "comparable_outputs", "OUTPUT_FOLDERS"]
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -110,12 +96,13 @@ def affordable_batch(batch: int, per_image_mb: float | None, available_mb: float
     return max(1, min(batch, int(CALL_MEMORY_SHARE * available_mb / per_image_mb)))
 
 
-def _write_outputs(out: Path, summary: dict, task_json, earlier: set[Path], written: set[Path], log) -> None:
-    """The task's JSON, the earlier run's files this one did not rewrite removed, then summary.json: the
-    folder and its summary agree, for a finished run and for one that stopped part-way."""
-    name = _TASK_JSON[summary["task"]]
+def _write_outputs(out: Path, summary: dict, coco: list[dict], earlier: set[Path], written: set[Path], log) -> None:
+    """The task's JSON (from every image's `coco`), the earlier run's files this one did not rewrite removed, then
+    summary.json (last, so that a folder with a summary is a finished one or says it stopped): the folder and its
+    summary agree."""
+    name = TASK_JSON[summary["task"]]
     if name:
-        write_text_atomic(out / name, json.dumps(task_json))
+        write_text_atomic(out / name, task_json(summary["task"], coco, summary["categories"]))
         written.add(out / name)
     stale = sorted(earlier - written)
     for path in stale:
@@ -139,6 +126,8 @@ def segment_files(
     task: str = "semantic",
     instance_options: InstanceOptions = InstanceOptions(),
     panoptic_options: PanopticOptions = PanopticOptions(),
+    cluster=None,
+    on_row=None,
 ) -> dict:
     """Segment every image under `inputs`; returns (and writes as out/summary.json) a summary.
 
@@ -156,6 +145,9 @@ def segment_files(
     time writes `out` (`files.exclusive`). A call takes at most CALL_MEMORY_SHARE of the host
     memory available, measured on the first image (`affordable_batch`); a smaller batch is said.
 
+    With `cluster` (a cluster.ClusterConfig), the same job and the same files through a Ray Data
+    pipeline (cluster.py; `on_row` sees each image's row as it comes back).
+
     Raises:
       ImageError: no input image, an unreadable one with `skip_bad` off, or none segmented.
       LockedError: another run is writing `out`.
@@ -163,6 +155,13 @@ def segment_files(
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
     out = Path(out)
+    settings = TaskSettings(task, with_overlay, instance_options, panoptic_options)
+    if cluster is not None:
+        from .cluster import segment_files_ray
+
+        with exclusive(out, "output folder"):
+            return segment_files_ray(model, inputs, out, batch, settings, skip_bad, backend, provider, progress, log,
+                                     cluster, on_row)
     paths = find_images(list(inputs), exclude=[out / name for name in OUTPUT_FOLDERS])
     with exclusive(out, "output folder"), open_runner(model, backend, provider) as runner:
         for note in runner.notes:
@@ -170,18 +169,13 @@ def segment_files(
         segmenter = Segmenter(runner)
         segmenter.check_task(task)
         earlier = _previous_outputs(out)
-        state = _Run(out, task, segmenter, with_overlay, instance_options, panoptic_options)
+        state = _Run(out, segmenter, settings)
         names = unique_names(paths)
         jobs = [(path, stem, i + 1) for i, (path, stem) in enumerate(zip(paths, names))]
         bar = tqdm(total=len(paths), desc="segment", unit="img", disable=not progress)
-        summary = {"model": str(model), "backend": runner.backend, "device": runner.device,
-                   "precision": runner.metadata.precision, "task": task,
-                   "categories": categories(segmenter.class_names, segmenter.thing_classes, segmenter.palette),
-                   "files": [_TASK_JSON[task]] if _TASK_JSON[task] else [], "images": state.records,
-                   "skipped": state.skipped}
+        summary = _summary(model, runner.backend, runner.device, runner.metadata, task, state.records, state.skipped)
         try:
-            for folder in (out, *(out / name for name in OUTPUT_FOLDERS)):
-                remove_stale_temporaries(folder)
+            _remove_stale_temporaries(out)
             batch = min(batch, len(jobs))
             start, probe = 0, batch > 1
             while start < len(jobs):
@@ -205,41 +199,79 @@ def segment_files(
             if state.written:  # files are on disk: the summary must say which, and that the run stopped
                 summary.update(complete=False, error=" ".join(str(err).split()) or type(err).__name__)
                 try:
-                    _write_outputs(out, summary, state.task_json(), earlier, state.written, log)
+                    _write_outputs(out, summary, state.coco, earlier, state.written, log)
                 except OSError:
                     pass  # the disk that failed the run may fail this too; the original error says why
             raise
     if not state.records:
         raise ImageError(f"none of the {len(paths)} input images could be segmented ({len(state.skipped)} unreadable); nothing written")
     summary["complete"] = True
-    _write_outputs(out, summary, state.task_json(), earlier, state.written, log)
+    _write_outputs(out, summary, state.coco, earlier, state.written, log)
     return summary
+
+
+def _summary(model: str | Path, backend: str, device: str, meta: GraphMetadata, task: str, records: list[dict],
+             skipped: list[dict]) -> dict:
+    return {"model": str(model), "backend": backend, "device": device, "precision": meta.precision, "task": task,
+            "categories": categories(meta.class_names, meta.thing_classes, meta.palette),
+            "files": [TASK_JSON[task]] if TASK_JSON[task] else [], "images": records, "skipped": skipped}
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    for folder in (out, *(out / name for name in OUTPUT_FOLDERS)):
+        remove_stale_temporaries(folder)
+
+
+def prepare_output(out: Path) -> set[Path]:
+    """Before a run writes into `out`: removes temporaries that dead writers left there; returns the files
+    an earlier run listed in out/summary.json."""
+    earlier = _previous_outputs(out)
+    _remove_stale_temporaries(out)
+    return earlier
+
+
+def finish_output(out: Path, model: str | Path, backend: str, device: str, meta: GraphMetadata, task: str,
+                  records: list[dict], skipped: list[dict], coco: list[dict], earlier: set[Path], written: set[Path],
+                  inputs: int, log=print) -> dict:
+    """After every image's files are written: the task's JSON file, the earlier run's files this one did not
+    write removed, then summary.json; returns it. `records` and `coco` are in image-id order; `written` holds
+    the image files this run wrote.
+
+    Raises:
+      ImageError: no image segmented (nothing is written then).
+    """
+    if not records:
+        raise ImageError(f"none of the {inputs} input images could be segmented ({len(skipped)} unreadable); nothing written")
+    summary = {**_summary(model, backend, device, meta, task, records, skipped), "complete": True}
+    _write_outputs(out, summary, coco, earlier, set(written), log)
+    return summary
+
+
+def comparable_outputs(out: str | Path) -> dict[str, bytes]:
+    """Every file a run wrote into `out` (hidden ones aside) by its path there, summary.json without its
+    timings: two runs of the same images, model and options give equal dicts."""
+    out = Path(out)
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)}
+    summary = json.loads(files.pop("summary.json"))
+    for record in summary["images"]:
+        record.pop("seconds")
+    files["summary.json"] = json.dumps(summary).encode()
+    return files
 
 
 class _Run:
     """What one ssp-run has segmented and written so far."""
 
-    def __init__(self, out: Path, task: str, segmenter: Segmenter, with_overlay: bool,
-                 instance_options: InstanceOptions, panoptic_options: PanopticOptions) -> None:
-        self.out, self.task, self.segmenter, self.with_overlay = out, task, segmenter, with_overlay
+    def __init__(self, out: Path, segmenter: Segmenter, settings: TaskSettings) -> None:
+        self.out, self.segmenter, self.settings = out, segmenter, settings
         self.records: list[dict] = []
         self.skipped: list[dict] = []
         self.written: set[Path] = set()
-        self.coco_instances: list[dict] = []
-        self.coco_panoptic: list[dict] = []
-        self.run = {"semantic": segmenter.segment,
-                    "instance": lambda images: segmenter.instances(images, instance_options),
-                    "panoptic": lambda images: segmenter.panoptic(images, panoptic_options)}[task]
-
-    def task_json(self):
-        if self.task == "instance":
-            return self.coco_instances
-        return {"annotations": self.coco_panoptic, "categories": categories(
-            self.segmenter.class_names, self.segmenter.thing_classes, self.segmenter.palette)}
+        self.coco: list[dict] = []  # every image's instances.json records or panoptic.json annotation, in order
 
     def segment(self, chunk: list[tuple[Path, str, int]], skip_bad: bool, log) -> None:
         """Read, segment and write one call's images: (path, output stem, image id) each."""
-        segmenter, out = self.segmenter, self.out
         images, kept = [], []
         for job in chunk:
             try:
@@ -252,28 +284,15 @@ class _Run:
                 log(f"skipped {err}")
         if not images:
             return
+        settings = self.settings
         began = time.perf_counter()
-        results = self.run(images)
+        results = self.segmenter.run(settings.task, images, settings.instance_options, settings.panoptic_options)
         seconds = (time.perf_counter() - began) / len(images)
         for (path, stem, image_id), image, result in zip(kept, images, results):
-            record = {"file": str(path), "image_id": image_id, "height": int(image.shape[0]), "width": int(image.shape[1])}
-            if self.task == "semantic":
-                record["label"] = f"labels/{stem}.png"
-                write_png(_label_image(result, len(segmenter.class_names)), out / record["label"])
-                picture = overlay(image, result, segmenter.palette, unpainted=segmenter.unpainted) if self.with_overlay else None
-                record["classes"] = [segmenter.class_names[c] for c in np.unique(result)]
-            elif self.task == "instance":
-                self.coco_instances += instance_records(image_id, result)
-                record["instances"] = len(result.masks)
-                picture = instance_overlay(image, result) if self.with_overlay else None
-            else:
-                record["panoptic"] = f"panoptic/{stem}.png"
-                write_png(panoptic_png(result.ids), out / record["panoptic"])
-                self.coco_panoptic.append(panoptic_record(image_id, f"{stem}.png", result))
-                record["segments"] = len(result.segments)
-                picture = panoptic_overlay(image, result, segmenter.palette, unpainted=segmenter.unpainted) if self.with_overlay else None
-            if picture is not None:
-                record["overlay"] = f"overlays/{stem}.png"
-                write_png(picture, out / record["overlay"])
-            self.written |= {out / record[key] for key in ("label", "overlay", "panoptic") if key in record}
-            self.records.append({**record, "seconds": seconds})
+            encoded = encode_image(self.segmenter.runner.metadata, settings, result, str(path), stem, image_id,
+                                   image.shape[:2], image)
+            for name, data in encoded.files.items():
+                write_bytes_atomic(self.out / name, data)
+                self.written.add(self.out / name)
+            self.coco += encoded.coco
+            self.records.append({**encoded.record, "seconds": seconds})

@@ -5,7 +5,7 @@ Shapes: B images a batch, H x W an image, S the square input's side, N prompts, 
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -15,12 +15,13 @@ from .contract import (CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, ContractErr
 from .instances import (InstanceOptions, Instances, Panoptic, PanopticOptions, instances_from_prompts,
                         panoptic_from_prompts)
 from .postprocess import restore_labels
-from .palette import unpainted_classes
 from .preprocess import Letterbox, letterbox
 
-__all__ = ["Segmenter", "check_metadata", "TASKS"]
+__all__ = ["Segmenter", "check_metadata", "image_outputs", "task_result", "TASKS", "TASK_OUTPUTS"]
 
 TASKS = ("semantic", "instance", "panoptic")
+# The graph outputs each task reads.
+TASK_OUTPUTS = {"semantic": (LABELS,), "instance": (MASK_LOGITS, IOU, CLASS_PROBS), "panoptic": (MASK_LOGITS, IOU, CLASS_PROBS)}
 
 
 def check_metadata(runner: Runner) -> GraphMetadata:
@@ -45,18 +46,8 @@ class Segmenter:
         self.pad_value = tuple(meta.pad_value)
         self.class_names: list[str] = list(meta.class_names)
         self.palette: list[list[int]] = meta.palette
-        self.unpainted = unpainted_classes(self.class_names)  # overlays leave background and void as they are
         self.thing_classes: list[int] = list(meta.thing_classes)
         self.has_instances = meta.has_instances
-
-    def _infer(self, batch: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        """The runner's outputs `names` for a (B, S, S, 3) batch, checked against the contract."""
-        outputs = self.runner.infer({INPUT: batch}, names)
-        try:
-            check_outputs(outputs, self.runner.metadata, len(batch))
-        except ContractError as err:
-            raise ModelError(f"{self.runner.path}: {err}; the graph breaks the ssprompt contract") from None
-        return outputs
 
     def check_task(self, task: str) -> None:
         """A ModelError where the graph cannot give `task`'s results (an older graph, or no thing classes)."""
@@ -76,6 +67,30 @@ class Segmenter:
             raise ModelError(f"{self.runner.path}: no class is a thing, so there are no instances; mark countable classes "
                              "with [thing] in classes.txt and train again")
 
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """An (H, W, 3) uint8 RGB image as the graph's (S, S, 3) input, and where it sits in it."""
+        return letterbox(image, self.input_size, self.pad_value)
+
+    def infer(self, squares: np.ndarray, tasks: Iterable[str]) -> dict[str, np.ndarray]:
+        """The outputs `tasks` read (TASK_OUTPUTS) of one (B, S, S, 3) uint8 batch of prepared images, checked
+        against the contract."""
+        names = sorted({name for task in tasks for name in TASK_OUTPUTS[task]})
+        outputs = self.runner.infer({INPUT: squares}, names)
+        try:
+            check_outputs(outputs, self.runner.metadata, len(squares))
+        except ContractError as err:
+            raise ModelError(f"{self.runner.path}: {err}; the graph breaks the ssprompt contract") from None
+        return outputs
+
+    def run(self, task: str, images: list[np.ndarray], instance_options: InstanceOptions = InstanceOptions(),
+            panoptic_options: PanopticOptions = PanopticOptions()) -> list:
+        """Each image's `task` result at its own size (one batch): prepare, infer, `task_result`."""
+        self.check_task(task)
+        boxed = [self.prepare(image) for image in images]
+        outputs = self.infer(np.stack([square for square, _ in boxed]), [task])
+        return [task_result(task, image_outputs(outputs, i), placement, self.thing_classes, instance_options,
+                            panoptic_options) for i, (_, placement) in enumerate(boxed)]
+
     def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """
         Arguments:
@@ -84,26 +99,39 @@ class Segmenter:
         Returns:
           One (H, W) class-index map per image, at that image's size.
         """
-        boxed = [letterbox(image, self.input_size, self.pad_value) for image in images]
-        batch = np.stack([square for square, _ in boxed])  # (B, S, S, 3)
-        labels = self._infer(batch, [LABELS])[LABELS]  # (B, S, S)
-        return [restore_labels(labels[i], placement) for i, (_, placement) in enumerate(boxed)]
-
-    def _prompt_outputs(self, images: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, Letterbox]]:
-        """Each image's (N, M, M) mask logits, (N,) IoU estimates, (N, C) class probabilities and placement."""
-        boxed = [letterbox(image, self.input_size, self.pad_value) for image in images]
-        outputs = self._infer(np.stack([square for square, _ in boxed]), [MASK_LOGITS, IOU, CLASS_PROBS])
-        for i, (_, placement) in enumerate(boxed):
-            yield outputs[MASK_LOGITS][i], outputs[IOU][i], outputs[CLASS_PROBS][i], placement
+        return self.run("semantic", images)
 
     def instances(self, images: list[np.ndarray], options: InstanceOptions = InstanceOptions()) -> list[Instances]:
         """Each image's thing instances at its own size, best first (instances.py)."""
-        self.check_task("instance")
-        return [instances_from_prompts(masks, iou, probs, self.thing_classes, placement, options)
-                for masks, iou, probs, placement in self._prompt_outputs(images)]
+        return self.run("instance", images, instance_options=options)
 
     def panoptic(self, images: list[np.ndarray], options: PanopticOptions = PanopticOptions()) -> list[Panoptic]:
         """Each image's panoptic segmentation at its own size (instances.py)."""
-        self.check_task("panoptic")
-        return [panoptic_from_prompts(masks, iou, probs, self.thing_classes, placement, options)
-                for masks, iou, probs, placement in self._prompt_outputs(images)]
+        return self.run("panoptic", images, panoptic_options=options)
+
+
+def image_outputs(outputs: dict[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+    """Image `index`'s rows of a batch's outputs (the batch axis dropped)."""
+    return {name: value[index] for name, value in outputs.items()}
+
+
+def task_result(task: str, outputs: dict[str, np.ndarray], placement: Letterbox, things: Sequence[int],
+                instance_options: InstanceOptions = InstanceOptions(),
+                panoptic_options: PanopticOptions = PanopticOptions()) -> np.ndarray | Instances | Panoptic:
+    """One image's result from its rows of the graph's outputs (`image_outputs`), at the image's size.
+
+    Arguments:
+      outputs: TASK_OUTPUTS[task] by name: (S, S) labels, or (N, M, M) mask logits, (N,) IoU and (N, C) class
+        probabilities.
+      placement: where the image sat in the square input.
+      things: the graph's thing classes.
+
+    Returns:
+      (H, W) class indices (semantic), Instances (instance) or Panoptic (panoptic).
+    """
+    if task == "semantic":
+        return restore_labels(outputs[LABELS], placement)
+    prompts = (outputs[MASK_LOGITS], outputs[IOU], outputs[CLASS_PROBS], things, placement)
+    if task == "instance":
+        return instances_from_prompts(*prompts, instance_options)
+    return panoptic_from_prompts(*prompts, panoptic_options)
