@@ -347,16 +347,16 @@ def test_r3_items14_and_16_a_run_stopped_by_a_full_disk_names_the_file_and_keeps
     import errno
 
     images = sorted((synthetic_root / "val" / "images").iterdir())[:3]
-    saves = {"n": 0}
-    real_save = Image.Image.save
+    writes = {"n": 0}
+    real_write = Path.write_bytes
 
-    def save(self, fp, *args, **kwargs):
-        saves["n"] += 1
-        if saves["n"] == 3:
+    def write_bytes(self, data):  # the disk fills up at the third file written
+        writes["n"] += 1
+        if writes["n"] == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(self, fp, *args, **kwargs)
+        return real_write(self, data)
 
-    monkeypatch.setattr(Image.Image, "save", save)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     out = tmp_path / "o"
     code, output = _run(exported_onnx, *images, "--out", out)
     assert code == 1 and "Traceback" not in output
@@ -366,7 +366,7 @@ def test_r3_items14_and_16_a_run_stopped_by_a_full_disk_names_the_file_and_keeps
     assert [r["label"] for r in summary["images"]] == [f"labels/{p.stem}.png" for p in images[:2]]
     assert sorted(p.name for p in (out / "labels").iterdir()) == [f"{p.stem}.png" for p in images[:2]]
     assert not _temporaries(out)
-    monkeypatch.setattr(Image.Image, "save", real_save)
+    monkeypatch.setattr(Path, "write_bytes", real_write)
     code, output = _run(exported_onnx, images[2], "--out", out)
     assert code == 0 and "removed 2 files of the previous run" in output
     assert [p.name for p in (out / "labels").iterdir()] == [f"{images[2].stem}.png"]
