@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .fp16 import KEEP_FP32
+from .int8 import CALIB_IMAGES, CALIBRATION_METHODS, KEEP_FLOAT
 
 __all__ = ["export_command"]
 
@@ -20,10 +21,21 @@ __all__ = ["export_command"]
 @click.option("--keep-fp32", default=",".join(KEEP_FP32), show_default=True,
               help="With --fp16: ONNX op types that compute in FP32, comma-separated (e.g. add LayerNormalization,Softmax "
                    "if a trained model fails the FP16 parity gate).")
+@click.option("--int8", is_flag=True,
+              help="INT8 graph: static quantization in QDQ form (onnxruntime.quantization), per-channel weights, calibrated on "
+                   "--calib or the pack's training images; parity gate on images not used for calibration.")
+@click.option("--calib-images", default=CALIB_IMAGES, show_default=True, type=click.IntRange(min=1),
+              help="With --int8: calibration images (the first N of --calib or of the training split).")
+@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(CALIBRATION_METHODS),
+              help="With --int8: onnxruntime's calibrator.")
+@click.option("--keep-float", default=",".join(KEEP_FLOAT), show_default=True,
+              help="With --int8: ONNX op types left unquantized, comma-separated.")
 @click.option("--batch", default="1:1:8", show_default=True, help="Engine / Triton batch range MIN:OPT:MAX.")
 @click.option("--engine", is_flag=True, help="Build a TensorRT engine (or print the trtexec line where TensorRT is absent).")
 @click.option("--triton", is_flag=True, help="Also write a Triton model repository (OUT/triton).")
-@click.option("--calib", type=click.Path(file_okay=False), help="Images for the parity check (default: generated scenes).")
+@click.option("--calib", type=click.Path(file_okay=False),
+              help="Images for the parity check (default: generated scenes); with --int8, the calibration images "
+                   "(default: the pack's training split), the parity check taking the next 4.")
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime parity gate.")
 @click.option("--workspace", default=4096, show_default=True, help="TensorRT workspace limit, MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache (default: OUT.timing.cache).")
@@ -31,8 +43,8 @@ __all__ = ["export_command"]
 @click.option("--ort-attention", is_flag=True,
               help="SAM's image-encoder attention as ONNX Runtime's fused MultiHeadAttention (com.microsoft): the graph "
                    "then runs on ONNX Runtime only, not TensorRT.")
-def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, batch, engine, triton, calib, no_parity,
-                   workspace, timing_cache, force, ort_attention) -> None:
+def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, int8, calib_images, calib_method, keep_float,
+                   batch, engine, triton, calib, no_parity, workspace, timing_cache, force, ort_attention) -> None:
     """Bake a prompt pack into one ONNX graph: uint8 image batch in, label map out."""
     from ssprompt.runtime.files import terminate_like_interrupt
     from ssprompt.train.backbones import BackboneError
@@ -41,6 +53,7 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
 
     terminate_like_interrupt()
 
+    from .int8 import Int8Config
     from .pipeline import ExportError, export_pack
     from .tensorrt import BatchRange
 
@@ -49,7 +62,8 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
             Path(pack), Path(out), sam_checkpoint, clip_pretrained, fp16, BatchRange.parse(batch), engine, triton,
             Path(calib) if calib else None, not no_parity, force, workspace, Path(timing_cache) if timing_cache else None,
             layout="ort-attention" if ort_attention else "graph", keep_fp32=tuple(op for op in keep_fp32.split(",") if op),
-            log=click.echo,
+            int8=Int8Config(calib_method, tuple(op for op in keep_float.split(",") if op)) if int8 else None,
+            calib_images=calib_images, log=click.echo,
         )
     except (BackboneError, DataError, PackError, ExportError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(" ".join(str(err).split())) from None

@@ -49,7 +49,7 @@ def _shape(batch: int, image_size: int) -> str:
 
 
 def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
-                    workspace_mib: int, timing_cache: Path) -> str:
+                    workspace_mib: int, timing_cache: Path, int8: bool = False) -> str:
     """The trtexec line that builds the same engine on the target machine.
 
     With an FP16 ONNX graph (precision already in the file) TensorRT 10 builds it strongly
@@ -67,16 +67,20 @@ def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: Ba
     ]
     if fp16:
         parts.append("--stronglyTyped")
+    if int8:  # QDQ graph (explicit quantization): INT8 where the graph quantizes, FP16 allowed for the rest
+        parts += ["--int8", "--fp16"]
     return " ".join(parts)
 
 
 def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
-                 workspace_mib: int, timing_cache: Path, onnx_sha256: str, log=print) -> EngineFacts:
+                 workspace_mib: int, timing_cache: Path, onnx_sha256: str, log=print, int8: bool = False) -> EngineFacts:
     """Build and write a serialized engine; returns the facts for the sidecar.
 
     FP16: the ONNX graph is already FP16 with normalisations in FP32, so the network is
     created strongly typed and TensorRT follows the graph's types (the TensorRT 11 way,
-    supported since 10.0). FP32: a default network.
+    supported since 10.0). FP32: a default network. INT8 (a QDQ graph, explicit quantization): a
+    default network with the INT8 and FP16 flags, so TensorRT runs the quantized layers in INT8 and
+    may run the rest in FP16 (written without TensorRT at hand: untested here).
     """
     import tensorrt as trt
 
@@ -91,6 +95,9 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     shape = lambda b: (b, image_size, image_size, 3)  # noqa: E731
     profile.set_shape(INPUT, shape(batch.min), shape(batch.opt), shape(batch.max))
@@ -99,7 +106,7 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
     cache = config.create_timing_cache(cache_blob)
     config.set_timing_cache(cache, ignore_mismatch=False)
 
-    log(f"building TensorRT {trt.__version__} engine ({'fp16' if fp16 else 'fp32'}, batch {batch.min}:{batch.opt}:{batch.max}); this takes minutes")
+    log(f"building TensorRT {trt.__version__} engine ({'int8' if int8 else 'fp16' if fp16 else 'fp32'}, batch {batch.min}:{batch.opt}:{batch.max}); this takes minutes")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
