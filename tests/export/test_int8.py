@@ -25,15 +25,10 @@ CALIB = 3
 
 
 @pytest.fixture(scope="module")
-def pack_path(demo_run) -> Path:
-    return demo_run[1]
-
-
-@pytest.fixture(scope="module")
-def int8_export(pack_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "int8"
-    return export_pack(pack_path, out, int8=Int8Config(), calib_images=CALIB, engine=not tensorrt_available(),
-                       log=lambda *_: None)
+def int8_export(demo_run, tmp_path_factory):
+    """The demo pack exported with --int8 (calibrated on CALIB training images) and, without TensorRT, --engine."""
+    return export_pack(demo_run[1], tmp_path_factory.mktemp("export") / "int8", int8=Int8Config(), calib_images=CALIB,
+                       engine=not tensorrt_available(), log=lambda *_: None)
 
 
 def _training_images(pack_path: Path) -> list[Path]:
@@ -41,7 +36,8 @@ def _training_images(pack_path: Path) -> list[Path]:
     return [s.image for s in open_folder(config["data"], config["split"]).samples]
 
 
-def test_int8_graph_passes_its_gate_with_int8_weights_and_names_its_calibration_set(int8_export, pack_path):
+def test_int8_graph_passes_its_gate_with_int8_weights_and_names_its_calibration_set(int8_export, demo_run):
+    pack_path = demo_run[1]
     model = onnx.load(str(int8_export.onnx))
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -54,7 +50,8 @@ def test_int8_graph_passes_its_gate_with_int8_weights_and_names_its_calibration_
     assert int8_export.parity.precision == "int8" and int8_export.parity.passed
 
 
-def test_ssp_run_and_ssp_bench_run_the_int8_graph_unchanged(int8_export, pack_path, tmp_path):
+def test_ssp_run_and_ssp_bench_run_the_int8_graph_unchanged(int8_export, demo_run, tmp_path):
+    pack_path = demo_run[1]
     image = _training_images(pack_path)[-1]
     ran = CliRunner().invoke(run_command, [str(int8_export.onnx), str(image), "--out", str(tmp_path / "run"), "--quiet"])
     assert ran.exit_code == 0, ran.output
@@ -69,7 +66,8 @@ def test_the_trtexec_line_for_an_int8_graph_asks_for_int8_and_fp16(int8_export):
     assert "--int8 --fp16" in script and "--stronglyTyped" not in script
 
 
-def test_calibration_reads_training_images_and_never_evaluation_ones(pack_path, monkeypatch):
+def test_calibration_reads_training_images_and_never_evaluation_ones(demo_run, monkeypatch):
+    pack_path = demo_run[1]
     from ssprompt.train import data
 
     read = []
@@ -83,7 +81,8 @@ def test_calibration_reads_training_images_and_never_evaluation_ones(pack_path, 
     assert set(read) <= {p.resolve() for p in _training_images(pack_path)}
 
 
-def test_a_calibration_folder_holding_an_evaluation_image_is_refused(pack_path, tmp_path):
+def test_a_calibration_folder_holding_an_evaluation_image_is_refused(demo_run, tmp_path):
+    pack_path = demo_run[1]
     config = load_pack(pack_path).train_config
     val_image = open_folder(config["data"], config["val_split"]).samples[0].image
     (tmp_path / "calib").mkdir()
@@ -94,7 +93,8 @@ def test_a_calibration_folder_holding_an_evaluation_image_is_refused(pack_path, 
     assert val_image.name in result.output and not (tmp_path / "o").exists()
 
 
-def test_an_int8_graph_below_the_gate_is_not_written_and_the_costly_op_types_are_named(pack_path, tmp_path, monkeypatch):
+def test_an_int8_graph_below_the_gate_is_not_written_and_the_costly_op_types_are_named(demo_run, tmp_path, monkeypatch):
+    pack_path = demo_run[1]
     monkeypatch.setitem(parity_module.THRESHOLDS, "int8", (1.01, float("inf"), float("inf")))  # unreachable
     keep = ("Add", "Clip", "Gemm", "LayerNormalization", "Mul", "Relu", "Sigmoid", "Softmax")  # quantize MatMul, Conv
     with pytest.raises(ExportError) as raised:
@@ -106,7 +106,8 @@ def test_an_int8_graph_below_the_gate_is_not_written_and_the_costly_op_types_are
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".ssprompt-tmp-*"))
 
 
-def test_fp16_and_int8_together_are_refused(pack_path, tmp_path):
+def test_fp16_and_int8_together_are_refused(demo_run, tmp_path):
+    pack_path = demo_run[1]
     result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--int8", "--fp16"])
     assert result.exit_code == 1 and "--fp16 and --int8 exclude each other" in result.output
     assert not (tmp_path / "o").exists()
