@@ -137,16 +137,19 @@ def main() -> None:
                      f"{row['p50_ms']:.1f}", f"{base_row['p50_ms'] / row['p50_ms']:.2f}x", f"{row['host_peak_rss_mb']:.0f}",
                      miou, delta])
     environment = next(iter(results.values()))["environment"]
+    described = {
+        "full size": f"Full size: {args.sam} + {args.clip} with random weights, {args.prompts} prompts, {args.classes} classes, "
+                     f"1024 x 1024 input, INT8 calibrated on {args.full_calib} generated scenes; `ssp-bench --batch 1 "
+                     f"--warmup {args.warmup} --iters {args.iters} --provider cpu`.",
+        "world tiny": f"World tiny: the demo's pack on the world task (pretrained tiny backbones), INT8 calibrated on "
+                      f"{args.calib_images} training-split images; `--warmup {3 * args.warmup} --iters {10 * args.iters}`; "
+                      "mIoU on all of the held-out val split as ssp-eval scores it, from the runtime's label maps.",
+    }
     lines = header("FP32, FP16 and INT8 graphs on the CPU at batch 1") + [
         "",
-        f"Full size: {args.sam} + {args.clip} with random weights, {args.prompts} prompts, {args.classes} classes, "
-        f"1024 x 1024 input, INT8 calibrated on {args.full_calib} generated scenes; `ssp-bench --batch 1 --warmup "
-        f"{args.warmup} --iters {args.iters} --provider cpu`. World tiny: the demo's pack on the world task (pretrained "
-        f"tiny backbones), INT8 calibrated on {args.calib_images} training-split images; `--warmup {3 * args.warmup} "
-        f"--iters {10 * args.iters}`; mIoU on all of the held-out val split as ssp-eval scores it, from the runtime's "
-        f"label maps. INT8: QDQ, per-channel symmetric int8 weights, per-tensor symmetric int8 activations, "
-        f"{args.method} calibration (export/int8.py). Each graph runs in its own process; peak RSS is that process's "
-        "(ssp-bench). File size counts the model and its external data.",
+        " ".join(described[model] for model in models) + " INT8: QDQ, per-channel symmetric int8 weights, per-tensor "
+        f"symmetric int8 activations, {args.method} calibration (export/int8.py). Each graph runs in its own process; peak "
+        "RSS is that process's (ssp-bench). File size counts the model and its external data.",
         environment_line(environment),
         "",
         *table_lines(COLUMNS, rows),
