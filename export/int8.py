@@ -31,7 +31,7 @@ from ssprompt.runtime.contract import INPUT
 __all__ = ["KEEP_FLOAT", "CALIBRATION_METHODS", "CALIB_IMAGES", "Int8Config", "CalibrationSet", "calibration_files", "calibration_set",
            "calibration_ranges", "quantizable_op_types", "quantize", "to_int8", "op_type_agreement"]
 
-# Measured (benchmarks/results/int8_ops_cpu.md) on the world task's pretrained tiny model: see the module docstring.
+# Op types left in float by default; benchmarks/results/int8_ops_cpu.md measures each op type quantized alone.
 KEEP_FLOAT: tuple[str, ...] = ()
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIB_IMAGES = 16  # calibration images by default
@@ -57,8 +57,8 @@ class CalibrationSet:
     """Letterboxed images the ranges are collected on, and what identifies them."""
 
     images: np.ndarray  # K x S x S x 3 uint8
-    files: list[Path]  # where each came from (empty for generated scenes)
-    sha256: str  # over the files' contents in order (or the generated images' bytes)
+    files: list[Path]  # where each came from, in order
+    sha256: str  # SHA-256 over the files' own SHA-256 hex digests, in order
 
     def describe(self) -> dict:
         """The graph metadata's `calibration` entry (method added by the caller)."""
