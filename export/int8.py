@@ -31,7 +31,10 @@ from ssprompt.runtime.contract import INPUT
 __all__ = ["KEEP_FLOAT", "CALIBRATION_METHODS", "CALIB_IMAGES", "Int8Config", "CalibrationSet", "calibration_files", "calibration_set",
            "calibration_ranges", "quantizable_op_types", "quantize", "to_int8", "op_type_agreement"]
 
-# Op types left in float by default; benchmarks/results/int8_ops_cpu.md measures each op type quantized alone.
+# Op types left in float by default. Measured (benchmarks/results/int8_ops_cpu.md, world task's pretrained tiny model,
+# 8 held-out scenes): every quantizable op type keeps >= 99.4 % of labels alone (MatMul 99.41, Softmax 99.52 the lowest),
+# all of them together 99.21 %, above the 97 % gate, so none is kept in float; --keep-float adds some where the gate
+# says so for another model.
 KEEP_FLOAT: tuple[str, ...] = ()
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 CALIB_IMAGES = 16  # calibration images by default
