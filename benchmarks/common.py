@@ -70,6 +70,24 @@ def random_fullsize_pack(sam: str, clip: str, prompts: int, classes: int, path: 
     return path
 
 
+def demo_world_pack(work: Path) -> Path:
+    """`work`/pack.pt: the demo's training (pretrained tiny backbones, DEMO_SETTINGS) on the demo's generated world task
+    (`work`/data, DEMO_WORLD; its val split held out), made once and reused."""
+    from ssprompt.train.config import ModelConfig, TrainConfig
+    from ssprompt.train.demo import DEMO_SETTINGS, DEMO_WORLD
+    from ssprompt.train.pipeline import train_pack
+    from ssprompt.train.world import make_world
+
+    pack = work / "pack.pt"
+    if not pack.is_file():
+        data = make_world(work / "data", **DEMO_WORLD)
+        s = DEMO_SETTINGS
+        config = TrainConfig(data=str(data), split="train", val_split="val", shots=s["shots"], epochs=s["epochs"],
+                             optimizer=s["optimizer"], lr=s["lr"], short_side=s["short_side"], cache_dir=str(work / "cache"))
+        train_pack(ModelConfig(num_prompts=s["num_prompts"]), config, pack, progress=False, log=lambda *_: None)
+    return pack
+
+
 def gpu_description() -> str | None:
     """GPU name, driver and CUDA versions, and onnxruntime's version and providers; None without CUDA."""
     import torch
@@ -130,6 +148,31 @@ def write_report(path: Path, lines: list[str], note: str = "") -> None:
         lines = [*lines, "", f"Run note: {note}"]
     write_text_atomic(path, "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def parity_cells(parity) -> list[str]:
+    """An export.parity.Parity as table cells: label agreement %, mask-logit mean and max error, confidence max
+    error, whether it passes its gate (the last five columns of the op-type studies)."""
+    return [f"{100 * parity.label_agreement:.3f}", f"{parity.mask_mean_error:.2e}", f"{parity.mask_max_error:.2e}",
+            f"{parity.confidence_max_error:.2e}", "yes" if parity.passed else "no"]
+
+
+def environment_line(environment: dict) -> str:
+    """ssp-bench's environment (backend, device, versions) as one markdown line; the graph's own fields left out."""
+    return "  ".join(f"{k}: {v}" for k, v in environment.items() if k not in ("model", "precision")) + "  "
+
+
+def write_disagreement_plot(path: Path, rows: list[list[str]], title: str, gate_percent: float) -> None:
+    """Bars of the % of labels that differ from PyTorch FP32 (100 - row[3]) a variant (row[0]), and the gate's line."""
+    def draw(ax) -> None:
+        ax.barh(range(len(rows)), [100 - float(r[3]) for r in rows], color="#4c72b0")
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(gate_percent, color="#c44e52", linestyle="--", label=f"gate: {gate_percent:g} % of labels may differ")
+        ax.set_xlabel("% of pixel labels that differ from PyTorch FP32")
+        ax.legend(fontsize=7)
+
+    write_plot(path, draw, title, size=(8, 1.5 + 0.3 * len(rows)))
 
 
 def write_plot(path: Path, draw: Callable, title: str, panels: int = 1, size: tuple[float, float] = (7, 3.6)) -> None:

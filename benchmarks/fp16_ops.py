@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot, write_report  # noqa: E402
+from common import fullsize_parser, header, parity_cells, random_fullsize_pack, table_lines, write_disagreement_plot, write_report  # noqa: E402
 
 # What the previous converter (onnxruntime's, with the project's block list) kept in FP32.
 PREVIOUS_FP32 = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare",
@@ -83,9 +83,7 @@ def main() -> None:
             del converted
             ours, provider = onnx_outputs(path, images, provider=args.provider)
             parity = compare(ours, reference, "fp16", provider)
-            row = [name, ", ".join(keep) or "none", str(casts), f"{100 * parity.label_agreement:.3f}",
-                   f"{parity.mask_mean_error:.2e}", f"{parity.mask_max_error:.2e}", f"{parity.confidence_max_error:.2e}",
-                   "yes" if parity.passed else "no"]
+            row = [name, ", ".join(keep) or "none", str(casts), *parity_cells(parity)]
             rows.append(row)
             print("  " + " | ".join(row), flush=True)
 
@@ -101,16 +99,7 @@ def main() -> None:
     ]
     write_report(args.out, lines)
 
-    def draw(ax) -> None:
-        names = [r[0] for r in rows]
-        ax.barh(range(len(rows)), [100 - float(r[3]) for r in rows], color="#4c72b0")
-        ax.set_yticks(range(len(rows)), names, fontsize=7)
-        ax.invert_yaxis()
-        ax.axvline(1.0, color="#c44e52", linestyle="--", label="gate: 1 % of labels may differ")
-        ax.set_xlabel("% of pixel labels that differ from PyTorch FP32")
-        ax.legend(fontsize=7)
-
-    write_plot(args.out.with_suffix(".png"), draw, title, size=(8, 1.5 + 0.3 * len(rows)))
+    write_disagreement_plot(args.out.with_suffix(".png"), rows, title, 1.0)
     print(f"wrote {args.out} in {time.perf_counter() - began:.0f} s", flush=True)
 
 

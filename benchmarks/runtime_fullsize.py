@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import fullsize_parser, header, random_fullsize_pack, table_lines, write_plot, write_report  # noqa: E402
+from common import environment_line, fullsize_parser, header, random_fullsize_pack, table_lines, write_plot, write_report  # noqa: E402
 
 COLUMNS = ["graph", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "host peak RSS MB", "GPU peak MB", "timing"]
 
@@ -88,7 +88,7 @@ def main() -> None:
         f"{args.prompts} spatial prompts, {args.classes} classes, 1024 x 1024 input; `ssp-bench --batch {args.batch} "
         f"--warmup {args.warmup} --iters {args.iters} --provider {args.provider} --{'' if args.cuda_graph else 'no-'}cuda-graph` "
         "on each graph in its own process. A call takes uint8 images on the host and returns the label map on the host.",
-        "  ".join(f"{k}: {v}" for k, v in environment.items() if k not in ("model", "precision")) + "  ",
+        environment_line(environment),
         "",
         *table_lines(COLUMNS, rows),
     ]

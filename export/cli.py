@@ -9,13 +9,14 @@ import click
 from ssprompt.runtime.options import POSITIVE, OutputFile, Parsed
 
 from .fp16 import KEEP_FP32
+from .int8 import CALIB_IMAGES, CALIBRATION_METHODS, KEEP_FLOAT
 from .tensorrt import BatchRange
 
 __all__ = ["export_command"]
 
 
-def _op_types(text: str) -> tuple[str, ...]:
-    """--keep-fp32: ONNX op types of the default domain, comma-separated; KEEP_FP32's are always among them."""
+def _known_op_types(text: str) -> tuple[str, ...]:
+    """ONNX op types of the default domain, comma-separated (none: an empty text)."""
     import onnx
 
     ops = [op.strip() for op in text.split(",") if op.strip()]
@@ -24,7 +25,12 @@ def _op_types(text: str) -> tuple[str, ...]:
         known = {name.casefold(): name for name in (schema.name for schema in onnx.defs.get_all_schemas())}
         hints = [f"{op} (did you mean {known[op.casefold()]}?)" if op.casefold() in known else op for op in unknown]
         raise ValueError(f"not ONNX op types: {', '.join(hints)}.")
-    return tuple(dict.fromkeys((*KEEP_FP32, *ops)))
+    return tuple(dict.fromkeys(ops))
+
+
+def _op_types(text: str) -> tuple[str, ...]:
+    """--keep-fp32: ONNX op types of the default domain, comma-separated; KEEP_FP32's are always among them."""
+    return tuple(dict.fromkeys((*KEEP_FP32, *_known_op_types(text))))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,11 +42,22 @@ def _op_types(text: str) -> tuple[str, ...]:
 @click.option("--keep-fp32", default=",".join(KEEP_FP32), show_default=True, type=Parsed(_op_types, "op types"),
               help="With --fp16: ONNX op types that compute in FP32, comma-separated (e.g. add LayerNormalization,Softmax "
                    f"if a trained model fails the FP16 parity gate); {', '.join(KEEP_FP32)} always does (it overflows FP16).")
+@click.option("--int8", is_flag=True,
+              help="INT8 graph: static quantization in QDQ form (onnxruntime.quantization), per-channel weights, calibrated on "
+                   "--calib or the pack's training images; parity gate on images not used for calibration.")
+@click.option("--calib-images", default=CALIB_IMAGES, show_default=True, type=POSITIVE,
+              help="With --int8: calibration images (the first N of --calib or of the training split).")
+@click.option("--calib-method", default="minmax", show_default=True, type=click.Choice(CALIBRATION_METHODS),
+              help="With --int8: onnxruntime's calibrator.")
+@click.option("--keep-float", default=",".join(KEEP_FLOAT), show_default=True, type=Parsed(_known_op_types, "op types"),
+              help="With --int8: ONNX op types left unquantized, comma-separated.")
 @click.option("--batch", default="1:1:8", show_default=True, type=Parsed(BatchRange.parse, "MIN:OPT:MAX"),
               help="Engine / Triton batch range MIN:OPT:MAX.")
 @click.option("--engine", is_flag=True, help="Build a TensorRT engine (or print the trtexec line where TensorRT is absent).")
 @click.option("--triton", is_flag=True, help="Also write a Triton model repository (OUT/triton).")
-@click.option("--calib", type=click.Path(file_okay=False), help="Images for the parity check (default: generated scenes).")
+@click.option("--calib", type=click.Path(file_okay=False),
+              help="Images for the parity check (default: generated scenes); with --int8, the calibration images "
+                   "(default: the pack's training split), the parity check taking the next 4.")
 @click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime parity gate.")
 @click.option("--workspace", default=4096, show_default=True, type=POSITIVE, help="TensorRT workspace limit, MiB.")
 @click.option("--timing-cache", type=OutputFile(), help="TensorRT timing cache (default: OUT.timing.cache).")
@@ -48,8 +65,8 @@ def _op_types(text: str) -> tuple[str, ...]:
 @click.option("--ort-attention", is_flag=True,
               help="SAM's image-encoder attention as ONNX Runtime's fused MultiHeadAttention (com.microsoft): the graph "
                    "then runs on ONNX Runtime only, not TensorRT.")
-def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, batch, engine, triton, calib, no_parity,
-                   workspace, timing_cache, force, ort_attention) -> None:
+def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, int8, calib_images, calib_method, keep_float,
+                   batch, engine, triton, calib, no_parity, workspace, timing_cache, force, ort_attention) -> None:
     """Bake a prompt pack into one ONNX graph: uint8 image batch in, label map out."""
     from ssprompt.runtime.files import terminate_like_interrupt
     from ssprompt.train.backbones import BackboneError
@@ -58,6 +75,7 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
 
     terminate_like_interrupt()
 
+    from .int8 import Int8Config
     from .pipeline import ExportError, export_pack
 
     try:
@@ -65,7 +83,7 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
             Path(pack), Path(out), sam_checkpoint, clip_pretrained, fp16, batch, engine, triton,
             Path(calib) if calib else None, not no_parity, force, workspace, Path(timing_cache) if timing_cache else None,
             layout="ort-attention" if ort_attention else "graph", keep_fp32=keep_fp32,
-            log=click.echo,
+            int8=Int8Config(calib_method, keep_float) if int8 else None, calib_images=calib_images, log=click.echo,
         )
     except (BackboneError, DataError, PackError, ExportError, ValueError, OSError, RuntimeError) as err:
         raise click.ClickException(" ".join(str(err).split())) from None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,15 @@ from ssprompt.train.backbones import file_sha256
 from ssprompt.train.pack import Pack
 
 from .fp16 import KEEP_FP32, to_fp16
+from .int8 import CALIB_IMAGES, Int8Config
 from .onnx_export import export_onnx, write_model
-from .parity import Parity, check_parity
+from .parity import THRESHOLDS, Parity, check_parity
 from .tensorrt import BatchRange, build_engine, build_script, tensorrt_available
 
 __all__ = ["ExportError", "ExportResult", "export_pack", "graph_metadata", "calibration_images"]
 
 DEFAULT_BATCH = BatchRange(1, 1, 8)
+PARITY_IMAGES = 4  # images the parity gate compares
 MODEL_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 BUILD_SCRIPT = "build_engine.sh"  # trtexec, then the sidecar completed (where TensorRT is absent at export)
@@ -119,14 +122,26 @@ def export_pack(
     parity_provider: str = "auto",
     layout: str = "graph",
     keep_fp32: tuple[str, ...] = KEEP_FP32,
+    int8: Int8Config | None = None,
+    calib_images: int = CALIB_IMAGES,
     log=print,
 ) -> ExportResult:
+    """Export the pack at `pack_path` into the folder `out` (written whole or not at all).
+
+    int8: quantize (QDQ) with this configuration, calibrated on the first `calib_images` images of `calib` (or of
+    the pack's training split); the parity gate then compares the next PARITY_IMAGES images of that source (never
+    one used for calibration; generated scenes where none are left). Without int8, `calib` holds the parity images.
+    """
     from ssprompt.train.pack import load_pack
     from ssprompt.train.pipeline import model_from_pack
 
     from .graph import ONNX_RUNTIME_ONLY, ExportGraph
 
     began = time.perf_counter()
+    if fp16 and int8 is not None:
+        raise ExportError("--fp16 and --int8 exclude each other: an INT8 graph keeps its unquantized op types in FP32")
+    if int8 is not None and calib_images < 1:
+        raise ExportError(f"--calib-images {calib_images}: calibrate on at least one image")
     if engine and layout in ONNX_RUNTIME_ONLY:
         raise ExportError("--engine: TensorRT cannot build ONNX Runtime's MultiHeadAttention (--ort-attention); "
                           "export without --ort-attention for TensorRT")
@@ -136,19 +151,42 @@ def export_pack(
         raise ExportError(f"{out}: exists and is not an ssprompt export folder (no {MODEL_FILE}); choose another --out")
     pack = load_pack(pack_path)
     model, _ = model_from_pack(pack, sam_checkpoint, clip_pretrained, device="cpu", source=pack_path)
-    precision = "fp16" if fp16 else "fp32"
+    precision = "int8" if int8 is not None else "fp16" if fp16 else "fp32"
     graph = ExportGraph(model, layout)
+    metadata = graph_metadata(model, pack, pack_path, precision)
+    parity_images = None
+    if int8 is not None:
+        from .int8 import calibration_files, calibration_set
+
+        try:
+            files, evaluation = calibration_files(calib, pack.train_config)
+            calibration = calibration_set(files[:calib_images], model.image_size, model.pad_value, evaluation)
+        except (ValueError, OSError) as err:
+            raise ExportError(str(err)) from None
+        held_out = files[calib_images:calib_images + PARITY_IMAGES]
+        if held_out:
+            parity_images = calibration_set(held_out, model.image_size, model.pad_value).images
+        metadata = replace(metadata, calibration={"method": int8.method, **calibration.describe()})
 
     remove_stale_temporaries(out.parent)  # what an export killed outright left behind
-    with exclusive(out, "export folder"), atomic_folder(out, MODEL_FILE) as tmp:
+    with exclusive(out, "export folder"), atomic_folder(out, MODEL_FILE) as tmp, contextlib.ExitStack() as scratch:
         onnx_model = traced_graph(graph, (file_sha256(pack_path), sam_checkpoint, clip_pretrained, layout), log)
-        if fp16:
+        if int8 is not None:
+            from .int8 import to_int8
+
+            work = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="ssp-int8-")))
+            fp32_path = write_model(onnx_model, work / "fp32.onnx", metadata)
+            log(f"calibrating on {len(calibration.images)} images ({int8.method})")
+            try:
+                onnx_model, ranges, quantized = to_int8(fp32_path, work / "int8.onnx", calibration.images, int8, log)
+            except Exception as err:  # noqa: BLE001 - onnxruntime.quantization raises its own types
+                raise ExportError(f"INT8 quantization failed: {error_reason(err)}") from None
+        elif fp16:
             log(f"converting to FP16 ({', '.join(keep_fp32) or 'nothing'} kept in FP32)")
             try:
                 onnx_model = to_fp16(onnx_model, keep_fp32)
             except Exception as err:  # noqa: BLE001 - onnx raises its own checker errors
                 raise ExportError(f"FP16 conversion failed: {error_reason(err)}") from None
-        metadata = graph_metadata(model, pack, pack_path, precision)
         onnx_path = write_model(onnx_model, tmp / MODEL_FILE, metadata)
         del onnx_model
 
@@ -159,15 +197,21 @@ def export_pack(
             except ImportError:
                 raise ExportError("the parity gate needs onnxruntime: pip install 'ssprompt[ort]' (CPU) or 'ssprompt[gpu]' "
                                   "(NVIDIA), or pass --no-parity") from None
-            images = calibration_images(model.image_size, model.pad_value, calib)
+            if parity_images is not None:
+                images = parity_images
+            else:
+                images = calibration_images(model.image_size, model.pad_value, None if int8 is not None else calib)
             import torch
 
+            reference_graph = graph.to("cuda" if torch.cuda.is_available() else "cpu")
             try:
-                parity = check_parity(graph.to("cuda" if torch.cuda.is_available() else "cpu"), onnx_path, images,
-                                      precision, parity_provider)
+                parity = check_parity(reference_graph, onnx_path, images, precision, parity_provider)
             except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
                 raise ExportError(f"parity check could not run {MODEL_FILE}: {error_reason(err)}") from None
             log(parity.describe())
+            if not parity.passed and int8 is not None:
+                raise ExportError(_int8_failure(parity, fp32_path, ranges, quantized, int8, images, reference_graph,
+                                                parity_provider, log))
             if not parity.passed:
                 hint = "; --keep-fp32 can keep more op types in FP32" if fp16 else ""
                 raise ExportError(f"parity gate failed: {parity.describe()}; nothing written{hint}")
@@ -178,7 +222,7 @@ def export_pack(
             onnx_sha256 = file_sha256(onnx_path)
             if tensorrt_available():
                 facts = build_engine(onnx_path, tmp / PLAN_FILE, model.image_size, batch, fp16, workspace_mib, cache,
-                                     onnx_sha256, log)
+                                     onnx_sha256, log, int8=int8 is not None)
                 write_sidecar(tmp / PLAN_FILE, metadata, facts)
                 plan_path = out / PLAN_FILE
             else:  # the sidecar waits for build_engine.sh to record the TensorRT version and GPU it built with
@@ -187,7 +231,8 @@ def export_pack(
                 # The script runs in its folder, wherever that is copied: the default cache sits beside the folder there too.
                 script_cache = Path("..", cache.name) if timing_cache is None else cache.resolve()
                 script = tmp / BUILD_SCRIPT
-                script.write_text(build_script(MODEL_FILE, PLAN_FILE, model.image_size, batch, fp16, workspace_mib, script_cache))
+                script.write_text(build_script(MODEL_FILE, PLAN_FILE, model.image_size, batch, fp16, workspace_mib, script_cache,
+                                                int8 is not None))
                 script.chmod(0o755)
                 command = f"sh {shlex.quote(str(out / BUILD_SCRIPT))}"
                 log(f"tensorrt does not import here: build the engine on the target machine with `{command}` "
@@ -204,3 +249,17 @@ def export_pack(
         triton_configs = [out / p.relative_to(tmp) for p in triton_configs]
     return ExportResult(out, out / MODEL_FILE, parity, time.perf_counter() - began, onnx_bytes, plan_path, command,
                         triton_configs)
+
+
+def _int8_failure(parity: Parity, fp32_path: Path, ranges, quantized: list[str], config: Int8Config, images: np.ndarray,
+                  reference_graph, provider: str, log) -> str:
+    """The INT8 gate's one line: the agreement, and the op types whose quantization alone costs the most labels."""
+    from .int8 import op_type_agreement
+    from .parity import torch_outputs
+
+    log(f"int8 parity gate failed; quantizing each of {len(quantized)} op types alone to find what costs most")
+    costs = op_type_agreement(fp32_path, ranges, quantized, config, images, torch_outputs(reference_graph, images), provider)
+    worst = ", ".join(f"{op} ({100 * agree:.2f}% alone)" for op, agree in costs[:3])
+    return (f"int8 parity gate failed: labels agree on {100 * parity.label_agreement:.2f}% of pixels "
+            f"(need {100 * THRESHOLDS['int8'][0]:.0f}%); op types that cost most: {worst or 'none'}; nothing written; "
+            "--keep-float can leave them unquantized")

@@ -56,7 +56,7 @@ def _shape(batch: int, image_size: int) -> str:
 
 
 def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
-                    workspace_mib: int, timing_cache: Path) -> str:
+                    workspace_mib: int, timing_cache: Path, int8: bool = False) -> str:
     """The trtexec line that builds the same engine on the target machine (paths shell-quoted).
 
     With an FP16 ONNX graph (precision already in the file) TensorRT 10 builds it strongly
@@ -75,15 +75,17 @@ def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: Ba
     ]
     if fp16:
         parts.append("--stronglyTyped")
+    if int8:  # QDQ graph (explicit quantization): INT8 where the graph quantizes, FP16 allowed for the rest
+        parts += ["--int8", "--fp16"]
     return " ".join(shlex.quote(part) for part in parts)
 
 
 def build_script(onnx_name: str, plan_name: str, image_size: int, batch: BatchRange, fp16: bool, workspace_mib: int,
-                 timing_cache: Path) -> str:
+                 timing_cache: Path, int8: bool = False) -> str:
     """build_engine.sh, run from anywhere on the target machine: trtexec writes the plan under a temporary name, it is
     renamed when complete, and the sidecar ssp-export wrote is completed with the TensorRT version and GPU."""
     partial = plan_name + ".partial"
-    command = trtexec_command(Path(onnx_name), Path(partial), image_size, batch, fp16, workspace_mib, timing_cache)
+    command = trtexec_command(Path(onnx_name), Path(partial), image_size, batch, fp16, workspace_mib, timing_cache, int8)
     return "\n".join([
         "#!/bin/sh",
         "# Build the TensorRT engine on the target machine (TensorRT 10 and pip install 'ssprompt[tensorrt]'), then",
@@ -99,14 +101,16 @@ def build_script(onnx_name: str, plan_name: str, image_size: int, batch: BatchRa
 
 def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
                  workspace_mib: int, timing_cache: Path, onnx_sha256: str,
-                 log: Callable[[str], None] = print) -> EngineFacts:
+                 log: Callable[[str], None] = print, int8: bool = False) -> EngineFacts:
     """Build and write a serialized engine; returns the facts for the sidecar.
 
     FP16: the ONNX graph is already FP16 with normalisations in FP32, so the network is
     created strongly typed and TensorRT follows the graph's types (the TensorRT 11 way,
-    supported since 10.0). FP32: a default network. The timing cache is an aid: one that is
-    corrupt, or from another GPU or TensorRT, is replaced by a fresh one, and one that cannot be
-    saved is reported, never failing a build that succeeded.
+    supported since 10.0). FP32: a default network. INT8 (a QDQ graph, explicit quantization): a
+    default network with the INT8 and FP16 flags, so TensorRT runs the quantized layers in INT8 and
+    may run the rest in FP16 (written without TensorRT at hand: untested here). The timing cache is an
+    aid: one that is corrupt, or from another GPU or TensorRT, is replaced by a fresh one, and one that
+    cannot be saved is reported, never failing a build that succeeded.
     """
     import tensorrt as trt
 
@@ -121,13 +125,16 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT, *(trt.Dims([b, image_size, image_size, 3]) for b in (batch.min, batch.opt, batch.max)))
     config.add_optimization_profile(profile)
     _attach_timing_cache(config, timing_cache, log)
 
-    log(f"building TensorRT {trt.__version__} engine ({'fp16' if fp16 else 'fp32'}, batch {batch.min}:{batch.opt}:{batch.max}); "
-        "this takes minutes")
+    log(f"building TensorRT {trt.__version__} engine ({'int8' if int8 else 'fp16' if fp16 else 'fp32'}, "
+        f"batch {batch.min}:{batch.opt}:{batch.max}); this takes minutes")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 __all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "CLASS_PROBS",
-           "CONTRACT_VERSION", "METADATA_PREFIX", "Normalization", "GraphMetadata", "EngineFacts", "MetadataError",
-           "ContractError", "output_contract", "check_output_specs", "check_outputs"]
+           "CONTRACT_VERSION", "METADATA_PREFIX", "PRECISIONS", "Normalization", "GraphMetadata", "EngineFacts",
+           "MetadataError", "ContractError", "output_contract", "check_output_specs", "check_outputs"]
 
 INPUT = "images"  # (B, S, S, 3) uint8, letterboxed RGB
 LABELS = "labels"  # (B, S, S) int32 class index per pixel of the square input
@@ -33,7 +33,8 @@ CONTRACT_VERSION = 2
 BATCH_AXIS = "batch"  # the one dynamic axis (axis 0 of every input and output); all others are declared static
 
 METADATA_PREFIX = "ssprompt."
-_OPTIONAL = ("engine", "contract_version", "thing_classes")  # fields an older graph or sidecar may lack
+PRECISIONS = ("fp32", "fp16", "int8")
+_OPTIONAL = ("engine", "contract_version", "thing_classes", "calibration")  # fields an older graph or sidecar may lack
 
 
 class MetadataError(ValueError):
@@ -85,11 +86,12 @@ class GraphMetadata:
     normalization: Normalization
     pack_sha256: str
     backbones: dict  # SAM and CLIP names, checkpoints and sha256
-    precision: str  # fp32 or fp16
+    precision: str  # fp32, fp16 or int8
     ssprompt_version: str
     engine: EngineFacts | None = field(default=None)  # engine sidecars only
     contract_version: int = 1  # CONTRACT_VERSION of the exporter; absent in version 1 graphs
     thing_classes: list[int] = field(default_factory=list)  # indices of countable classes (instances); the rest are stuff
+    calibration: dict | None = None  # int8 graphs: {"method", "images", "sha256"} of the calibration set
 
     @property
     def has_instances(self) -> bool:
@@ -151,8 +153,10 @@ class GraphMetadata:
                 raise MetadataError(f"metadata {name} is not a positive integer")
         if not _colour(self.pad_value):
             raise MetadataError("metadata pad_value is not three integers in 0..255")
-        if self.precision not in ("fp32", "fp16"):
-            raise MetadataError("metadata precision is neither fp32 nor fp16")
+        if self.precision not in PRECISIONS:
+            raise MetadataError(f"metadata precision is not one of {', '.join(PRECISIONS)}")
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise MetadataError("metadata calibration is not an object")
         for name in ("pack_sha256", "ssprompt_version"):
             if not isinstance(getattr(self, name), str):
                 raise MetadataError(f"metadata {name} is not a string")

@@ -304,3 +304,35 @@ def test_gpu_profile_prices_each_region_against_the_graphs_floor(exported_onnx, 
     assert sum(float(row[3]) for row in regions[1:]) == pytest.approx(graph_floor, rel=0.02)
     # A 2-core CPU is far slower than an H100's rates: every region takes many times its floor.
     assert all(float(row[4]) > 10 for row in regions[1:])
+
+
+def test_int8_ops_measures_each_quantized_op_type_alone_and_the_shipped_choice(demo_run, tmp_path):
+    import shutil
+
+    (tmp_path / "work").mkdir()
+    shutil.copy(demo_run[1], tmp_path / "work" / "pack.pt")
+    out = tmp_path / "int8_ops.md"
+    _run("int8_ops.py", ["--work", str(tmp_path / "work"), "--calib-images", "2", "--images", "2"], out)
+    (rows,) = _tables(out)
+    names = [row[0] for row in rows[1:]]
+    assert names[0] == "everything quantized" and names[-1] == "shipped (all but KEEP_FLOAT)"
+    assert {"only MatMul", "only Conv"} <= set(names)
+    alone = [row for row in rows[1:] if row[0].startswith("only ")]
+    assert all(row[1] == row[0].removeprefix("only ") and 0 <= float(row[3]) <= 100 for row in alone)
+    assert int(rows[1][2]) > max(int(row[2]) for row in alone)  # quantizing everything adds the most Q/DQ nodes
+
+
+def test_edge_cpu_compares_int8_and_fp16_with_fp32_on_the_world_task(demo_run, tmp_path):
+    import shutil
+
+    (tmp_path / "work" / "tiny").mkdir(parents=True)
+    shutil.copy(demo_run[1], tmp_path / "work" / "tiny" / "pack.pt")
+    out = tmp_path / "edge.md"
+    _run("edge_cpu.py", ["--work", str(tmp_path / "work"), "--models", "tiny", "--calib-images", "2", "--warmup", "0",
+                         "--iters", "1"], out)
+    (rows,) = _tables(out)
+    by_graph = {row[1]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert list(by_graph) == ["fp32", "fp16", "int8"]
+    assert by_graph["fp32"]["file vs FP32"] == "100 %" and by_graph["fp32"]["mIoU vs FP32 (points)"] == "+0.00"
+    assert float(by_graph["int8"]["file MiB"]) < 0.5 * float(by_graph["fp32"]["file MiB"])
+    assert 0 < float(by_graph["int8"]["world val mIoU %"]) <= 100

@@ -41,7 +41,8 @@ def test_props_without_our_prefix_decode_to_none():
      "metadata engine.batch is not three positive integers (min, opt, max)"),
     ("backbones", ["sam"], "metadata backbones is not an object"),
     ("num_prompts", True, "metadata num_prompts is not a positive integer"),
-    ("precision", "int8", "metadata precision is neither fp32 nor fp16"),
+    ("precision", "int4", "metadata precision is not one of fp32, fp16, int8"),
+    ("calibration", "abc123", "metadata calibration is not an object"),
     ("thing_classes", [2], "metadata thing_classes is not a list of class indices in 0..1"),
     ("contract_version", 0, "metadata contract_version is not a positive integer"),
 ])
