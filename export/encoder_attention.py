@@ -53,8 +53,10 @@ def _multi_head_attention(g, q, k, v, heads: int, bias=None):
         missing.setType(torch._C.OptionalType.ofTensor())
         inputs += [missing, missing, bias]
     out = g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=1.0)
-    q_sizes, v_sizes = q.type().varyingSizes(), v.type().varyingSizes()  # the output: (B, Lq) of q, H*D of v
-    out.setType(v.type().with_sizes(q_sizes[:2] + v_sizes[2:]) if q_sizes and v_sizes else v.type())
+    # The output: (B, Lq, H*D). Only its width is declared: the traced sizes are the example's, and a declared
+    # batch or length would contradict the graph's own shapes at other batch sizes.
+    width = v.type().varyingSizes()[-1:] if v.type().varyingSizes() else None
+    out.setType(v.type().with_sizes([None, None, *width]) if width else v.type())
     return out
 
 

@@ -236,7 +236,9 @@ class PromptDecoder(nn.Module):
         q_keys, pos_logits = (q @ wk).flatten(-3, -2), (q @ pos_k).flatten(-3, -2)  # (B, n, H*T, E), (B, n, H*T, P)
         if self.fused:  # one head of E channels over (B*n) prompts, the positions' logits as the attention bias
             pooled = fused_attention(q_keys.flatten(0, 1), keys.flatten(0, 1), keys.flatten(0, 1), 1, q_keys.shape[-2],
-                                     pos_logits.flatten(0, 1).unsqueeze(1)).reshape(q_keys.shape)
+                                     pos_logits.flatten(0, 1).unsqueeze(1))  # (B*n, H*T, E)
+            # n as a constant: a size read from the traced tensors was folded to the example's batch.
+            pooled = pooled.unflatten(0, (-1, int(q_keys.shape[1])))
         else:
             pooled = (q_keys @ keys.transpose(-1, -2) + pos_logits).softmax(dim=-1) @ keys  # (B, n, H*T, E)
         pooled = pooled.unflatten(-2, (self.heads, -1))  # (B, n, H, T, E)

@@ -37,7 +37,7 @@ def _run(script: str, args: list[str], out: Path) -> None:
     [
         ("export_fullsize.py", ["--classes", "3", "--precisions", "fp32"], "precision", 1),
         ("runtime_fullsize.py", ["--classes", "3", "--batch", "1,2", "--warmup", "0", "--iters", "1",
-                                 "--graphs", "fp32,fp32-ort-attention"], "graph", 4),
+                                 "--graphs", "fp32,fp32-ort-fused"], "graph", 4),
         ("train_efficiency.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1"], "variant", 4),
     ],
 )
