@@ -55,8 +55,8 @@ def export_all(work: Path, args, log=print) -> list[list[str]]:
 def main() -> None:
     parser = fullsize_parser(__doc__)
     parser.add_argument("--precisions", default="fp32,fp16")
-    parser.add_argument("--layout", default="graph", help="graph (what ships), ort-attention (ssp-export --ort-attention) or "
-                        "sam (SAM's attention and decoder layout; ablation)")
+    parser.add_argument("--layout", default="graph", help="graph (what ships), ort-attention (ssp-export --ort-attention), "
+                        "ort-fused (ssp-export --ort-fused) or sam (SAM's attention and decoder layout; ablation)")
     parser.add_argument("--parity-provider", default="auto", help="ONNX Runtime provider of the parity gate")
     parser.add_argument("--work", type=Path, help="keep pack.pt and the export folders here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export_fullsize.md"))

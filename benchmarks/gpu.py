@@ -17,10 +17,16 @@ listed as skipped; each runs in its own process, with a time limit):
 8. sam-export SAM's own layout exported, FP32 and FP16 (ablation)   -> export_fullsize_sam_cuda.md
 9. ablation   what each step buys                                  -> gpu_ablation_cuda.md (+ .png)
 10. fp16-ops  FP16 parity by op type kept in FP32                   -> fp16_ops_cuda.md (+ .png)
+11. ort-fused FP16 export with --ort-fused, parity on the GPU         -> export_fullsize_ort_fused_cuda.md
+12. ort-fused-bench  ssp-bench at batch 1 and 8, the default FP16 graph and --ort-fused's side by side
+                                                                    -> runtime_fullsize_ort_fused_cuda.md (+ .png)
+13. ort-fused-profile  node time of the --ort-fused graph (FP16, batch 8) -> gpu_profile_ort_fused_cuda.md
 
 On the H200 (benchmarks/results/gpu_run_cuda.md) export took 97 s, bench 42, profile 10, ort-attention 75,
 sam-export 90, ablation 71 and fp16-ops 155 (as committed at 856a448: train 96, compare 226): one call of the
-default budget (480 s) does not hold every step; --steps picks them (DEVELOPERS.md plans two calls).
+default budget (480 s) does not hold every step; --steps picks them (DEVELOPERS.md plans two calls). The
+ort-fused steps come last in the default order but first in the planned call: ort-fused-bench needs the export
+step's fp16 graph.
 
 Every table names the GPU, the driver and the versions in its header. A summary of the run
 (steps, seconds, skipped) goes to gpu_run_cuda.md.
@@ -67,6 +73,13 @@ def steps(work: Path, results: Path, args) -> list[tuple[str, list[str], int]]:
                            "--out", str(results / "gpu_ablation_cuda.md")], 240),
         ("fp16-ops", py + [str(bench / "fp16_ops.py"), *size, "--provider", args.provider, "--device", "cuda",
                            "--out", str(results / "fp16_ops_cuda.md")], 240),
+        ("ort-fused", py + [str(bench / "export_fullsize.py"), *size, "--work", str(work), "--layout", "ort-fused",
+                            "--precisions", "fp16", "--out", str(results / "export_fullsize_ort_fused_cuda.md")], 150),
+        ("ort-fused-bench", py + [str(bench / "runtime_fullsize.py"), *size, "--work", str(work), "--graphs",
+                                  "fp16,fp16-ort-fused", "--batch", "1,8", "--warmup", "5", "--iters", "50", "--provider",
+                                  args.provider, "--out", str(results / "runtime_fullsize_ort_fused_cuda.md")], 180),
+        ("ort-fused-profile", py + [str(bench / "gpu_profile.py"), str(work / "fp16-ort-fused" / "model.onnx"), "--batch",
+                                    "8", "--out", str(results / "gpu_profile_ort_fused_cuda.md")], 120),
     ]
 
 

@@ -29,6 +29,7 @@ STEPS = [
     ("+ only labels back to the host (the default)", "fp16", False, ("labels",)),
     ("+ fixed batch axis and CUDA graph (--cuda-graph)", "fp16", True, ("labels",)),
     ("the default, encoder attention fused (ssp-export --ort-attention)", "fp16-ort-attention", False, ("labels",)),
+    ("the default, every ONNX Runtime fusion (ssp-export --ort-fused)", "fp16-ort-fused", False, ("labels",)),
     ("the default, FP32 graph", "fp32", False, ("labels",)),
 ]
 COLUMNS = ["step", "graph", "batch 1 p50 ms", "batch 1 p99 ms", "batch 8 p50 ms", "batch 8 images/s", "GPU peak MB batch 1",

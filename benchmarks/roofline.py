@@ -85,8 +85,8 @@ def optimized_graph(model: Path, batch: int, out: Path) -> Path:
 
 def _complete(model, shapes: dict) -> None:
     """Add the shapes ONNX Runtime saved without fixed sizes or not at all (mostly of tensors its optimizer made:
-    outputs of the Reshape, Gemm, Split, Squeeze, Concat, Transpose and elementwise nodes it makes or rewires), in
-    graph (topological) order."""
+    outputs of the Reshape, Gemm, Split, Squeeze, Concat, Transpose and elementwise nodes it makes or rewires, and of
+    the com.microsoft nodes `ssp-export --ort-fused` writes), in graph (topological) order."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -123,6 +123,10 @@ def _complete(model, shapes: dict) -> None:
         elif node.op_type == "Transpose":
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), range(len(dims))[::-1])
             outs = [tuple(dims[i] for i in perm)]
+        elif node.op_type == "SkipLayerNormalization":  # com.microsoft: the normalised sum and the sum, input-shaped
+            outs = [dims] * len(node.output)
+        elif node.op_type == "MultiHeadAttention":  # com.microsoft: (B, Lq) of the queries, the values' width
+            outs = [dims[:2] + shapes[node.input[2]][0][-1:]]
         elif node.op_type in ELEMENTWISE_OPS:
             outs = [tuple(np.broadcast_shapes(*(shapes[name][0] for name in node.input if name)))]
         else:

@@ -34,37 +34,77 @@ from torch import nn
 __all__ = ["EncoderAttention", "swap_encoder_attention"]
 
 
+def _attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, query_chunk: int,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T + bias) v, q (B, Lq, H*Dq), k (B, Lk, H*Dq), v (B, Lk, H*D) -> (B, Lq, H*D), in query chunks."""
+    q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))  # (B, H, L, Dq) / (B, H, L, D)
+    k_t = k.transpose(-1, -2)
+    logits = [part @ k_t for part in q.split(query_chunk, dim=2)]
+    if bias is not None:
+        logits = [part + b for part, b in zip(logits, bias.split(query_chunk, dim=2))]
+    out = torch.cat([part.softmax(dim=-1) @ v for part in logits], dim=2)  # (B, H, Lq, D)
+    return out.transpose(1, 2).flatten(2)
+
+
+def _multi_head_attention(g, q, k, v, heads: int, bias=None):
+    inputs = [q, k, v]
+    if bias is not None:
+        missing = g.op("prim::Constant")  # the optional bias (of the projections) and key_padding_mask: absent
+        missing.setType(torch._C.OptionalType.ofTensor())
+        inputs += [missing, missing, bias]
+    out = g.op("com.microsoft::MultiHeadAttention", *inputs, num_heads_i=heads, scale_f=1.0)
+    # The output: (B, Lq, H*D). Only its width is declared: the traced sizes are the example's, and a declared
+    # batch or length would contradict the graph's own shapes at other batch sizes.
+    width = v.type().varyingSizes()[-1:] if v.type().varyingSizes() else None
+    out.setType(v.type().with_sizes([None, None, *width]) if width else v.type())
+    return out
+
+
+# Two Functions rather than one with an optional bias, so that each traced signature is fixed. Their forward adds
+# no constant 0 either: TorchScript's peephole pass removes it from the traced body and then fails.
 class _FusedAttention(torch.autograd.Function):
     """softmax(q k^T) v for every head, q pre-scaled. In PyTorch: plain matmuls in query chunks. Traced:
-    one com.microsoft MultiHeadAttention node (scale 1), whose output has the values' shape.
-    Export only: it has no backward (training uses SAM's own attention)."""
+    one com.microsoft MultiHeadAttention node (scale 1), whose output has the queries' length and the
+    values' width. Export only: it has no backward (training uses SAM's own attention)."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, query_chunk: int) -> torch.Tensor:
-        q, k, v = (x.unflatten(-1, (heads, -1)).transpose(1, 2) for x in (q, k, v))  # (B, H, L, Dq) / (B, H, L, D)
-        k_t = k.transpose(-1, -2)
-        out = torch.cat([(part @ k_t).softmax(dim=-1) @ v for part in q.split(query_chunk, dim=2)], dim=2)  # (B, H, L, D)
-        return out.transpose(1, 2).flatten(2)  # (B, L, H*D)
+        return _attend_in_chunks(q, k, v, heads, query_chunk, None)
 
     @staticmethod
     def symbolic(g, q, k, v, heads: int, query_chunk: int):
-        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads, scale_f=1.0)
-        out.setType(v.type())
-        return out
+        return _multi_head_attention(g, q, k, v, heads)
 
 
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, query_chunk: int) -> torch.Tensor:
+class _FusedBiasedAttention(torch.autograd.Function):
+    """_FusedAttention with a bias added to the logits (MultiHeadAttention's attention_bias input)."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+                query_chunk: int) -> torch.Tensor:
+        return _attend_in_chunks(q, k, v, heads, query_chunk, bias)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, heads: int, query_chunk: int):
+        return _multi_head_attention(g, q, k, v, heads, bias)
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, query_chunk: int,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """
     Arguments:
-      q, k (torch.Tensor): (B, L, H*Dq), heads side by side; q already scaled.
-      v (torch.Tensor): (B, L, H*D).
+      q, k (torch.Tensor): (B, Lq, H*Dq) and (B, Lk, H*Dq), heads side by side; q already scaled.
+      v (torch.Tensor): (B, Lk, H*D).
       heads (int): H.
       query_chunk (int): queries whose logits PyTorch holds at once (the traced node holds none).
+      bias (torch.Tensor | None): (B or 1, H or 1, Lq, Lk), added to the logits.
 
     Returns:
-      (torch.Tensor): (B, L, H*D).
+      (torch.Tensor): (B, Lq, H*D).
     """
-    return _FusedAttention.apply(q, k, v, heads, query_chunk)
+    if bias is None:
+        return _FusedAttention.apply(q, k, v, heads, query_chunk)
+    return _FusedBiasedAttention.apply(q, k, v, bias, heads, query_chunk)
 
 
 class EncoderAttention(nn.Module):

@@ -29,6 +29,7 @@ from torch import nn
 from ssprompt.runtime.contract import CLASS_IDS, CLASS_PROBS, CONFIDENCE, INPUT, IOU, LABELS, MASK_LOGITS, OUTPUTS
 from ssprompt.train.model import SSPrompt, labels_from_semantic, mask_class_logits, semantic_map
 
+from .clip_attention import swap_clip_attention
 from .encoder_attention import swap_encoder_attention
 from .prompt_decoder import PromptDecoder
 
@@ -93,10 +94,12 @@ class SamLayoutDecoder(nn.Module):
 
 
 # "graph": PromptDecoder and EncoderAttention (what ships); "ort-attention": the same with the encoder's attention
-# as ONNX Runtime's fused MultiHeadAttention (ONNX Runtime only: `ssp-export --ort-attention`); "sam": SAM's own
-# attention and decoder layout, as exports were before them (kept for the ablation only).
-LAYOUTS = ("graph", "ort-attention", "sam")
-ONNX_RUNTIME_ONLY = ("ort-attention",)  # layouts with com.microsoft ops, which TensorRT cannot build
+# as ONNX Runtime's fused MultiHeadAttention (ONNX Runtime only: `ssp-export --ort-attention`); "ort-fused": every
+# attention of the encoder, CLIP and the decoder's token-to-image ones fused, and residual norms as
+# SkipLayerNormalization after tracing (ort_fusion.py; `ssp-export --ort-fused`); "sam": SAM's own attention and
+# decoder layout, as exports were before them (kept for the ablation only).
+LAYOUTS = ("graph", "ort-attention", "ort-fused", "sam")
+ONNX_RUNTIME_ONLY = ("ort-attention", "ort-fused")  # layouts with com.microsoft ops, which TensorRT cannot build
 
 
 class ExportGraph(nn.Module):
@@ -109,14 +112,17 @@ class ExportGraph(nn.Module):
         model = copy.deepcopy(model).cpu().eval()
         self.swapped_layer_norms = _swap_layer_norm_2d(model.sam)
         self.swapped_attention = 0 if layout == "sam" else swap_encoder_attention(
-            model.sam.image_encoder, ENCODER_QUERY_CHUNK, fused=layout == "ort-attention")
+            model.sam.image_encoder, ENCODER_QUERY_CHUNK, fused=layout in ONNX_RUNTIME_ONLY)
+        if layout == "ort-fused":  # the last block's attention is MaskCLIP's value path alone (DenseClipEncoder)
+            visual = model.clip_dense.visual
+            self.swapped_attention += swap_clip_attention(visual, len(visual.transformer.resblocks) - 1)
         self.model = model
         with torch.no_grad():
             spatial = model.spatial_prompts().detach()  # (N, T, E)
             self.register_buffer("semantic", F.normalize(model.semantic_prompts(), dim=-1).detach().clone())  # (C, D)
         if layout != "sam":
             self.decoder = PromptDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, spatial,
-                                         model.config.decoder_chunk)
+                                         model.config.decoder_chunk, fused=layout == "ort-fused")
         else:
             self.decoder = SamLayoutDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, spatial)
         self.image_size = model.image_size

@@ -140,11 +140,13 @@ def export_pack(
     began = time.perf_counter()
     if fp16 and int8 is not None:
         raise ExportError("--fp16 and --int8 exclude each other: an INT8 graph keeps its unquantized op types in FP32")
+    if int8 is not None and layout in ONNX_RUNTIME_ONLY:
+        raise ExportError(f"--int8 and --{layout} exclude each other: the INT8 graph is quantized from the standard graph")
     if int8 is not None and calib_images < 1:
         raise ExportError(f"--calib-images {calib_images}: calibrate on at least one image")
     if engine and layout in ONNX_RUNTIME_ONLY:
-        raise ExportError("--engine: TensorRT cannot build ONNX Runtime's MultiHeadAttention (--ort-attention); "
-                          "export without --ort-attention for TensorRT")
+        raise ExportError(f"--engine: TensorRT cannot build ONNX Runtime's contrib ops (--{layout}); "
+                          f"export without --{layout} for TensorRT")
     if out.exists() and not force:
         raise ExportError(f"{out}: exists; pass --force to replace it")
     if out.exists() and not (out / MODEL_FILE).is_file():
@@ -187,6 +189,11 @@ def export_pack(
                 onnx_model = to_fp16(onnx_model, keep_fp32)
             except Exception as err:  # noqa: BLE001 - onnx raises its own checker errors
                 raise ExportError(f"FP16 conversion failed: {error_reason(err)}") from None
+        if layout == "ort-fused":
+            from .ort_fusion import fuse_skip_layer_norms
+
+            onnx_model, fused = fuse_skip_layer_norms(onnx_model)
+            log(f"{fused} residual additions and layer norms fused (SkipLayerNormalization)")
         onnx_path = write_model(onnx_model, tmp / MODEL_FILE, metadata)
         del onnx_model
 

@@ -22,6 +22,11 @@ arithmetic this module repeats (tests hold the two equal). What changes is the l
   matmuls onto 2 x 2 sub-pixels with their layer norm on the last axis, so no NCHW permute
   touches the B x N-times-larger tensors.
 - Prompts decode in groups of `chunk`, so only one group's per-prompt activations are alive.
+- With `fused` (`ssp-export --ort-fused`, ONNX Runtime only), the token-to-image attentions are
+  ONNX Runtime's MultiHeadAttention (encoder_attention.fused_attention), which holds no logits: the
+  first layer's with its 8 heads, the later ones re-associated as above with one head of E channels
+  (the heads' T queries side by side: q Wk^T against the keys X, which are also the values), the
+  positions' term q (pos Wk)^T as its attention bias.
 
 Shapes: B images, N prompts (n in one group), T tokens a prompt (SAM's output tokens, then
 the prompt's Ts sparse tokens), P = h * w image tokens, E channels, I = E / downsample attention
@@ -35,6 +40,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .encoder_attention import fused_attention
 
 __all__ = ["PromptDecoder"]
 
@@ -58,7 +65,7 @@ class PromptDecoder(nn.Module):
     """Mask logits and IoU estimates of every (image, prompt) pair; SAM's single-mask output."""
 
     def __init__(self, decoder: nn.Module, image_pe: torch.Tensor, dense_prompt: torch.Tensor, sparse: torch.Tensor,
-                 chunk: int) -> None:
+                 chunk: int, fused: bool = False) -> None:
         """
         Arguments:
           decoder (nn.Module): segment_anything MaskDecoder (two-layer TwoWayTransformer).
@@ -66,6 +73,7 @@ class PromptDecoder(nn.Module):
           dense_prompt (torch.Tensor): (1, E, h, w) dense prompt (SAM's no-mask embedding).
           sparse (torch.Tensor): (N, Ts, E) sparse prompt tokens, baked in as constants.
           chunk (int): prompts decoded together.
+          fused (bool): token-to-image attention through `fused_attention` (module docstring).
         """
         super().__init__()
         transformer = decoder.transformer
@@ -74,6 +82,7 @@ class PromptDecoder(nn.Module):
         first, second = transformer.layers
         self.heads = transformer.num_heads
         self.chunk = int(chunk)
+        self.fused = fused
         self.num_prompts = int(sparse.shape[0])
         h, w = image_pe.shape[-2:]
         self.grid = (int(h), int(w))
@@ -161,8 +170,9 @@ class PromptDecoder(nn.Module):
         """
         keys = image_embeddings.flatten(2).transpose(1, 2) + self.dense  # (B, P, E)
         k0, v0, q_image = (keys @ self.image0_weight + self.image0_bias).chunk(3, dim=-1)  # (B, P, I) each
-        k0 = _heads(k0, self.heads).transpose(-1, -2)  # (B, H, D, P)
-        v0 = _heads(v0, self.heads)  # (B, H, P, D)
+        if not self.fused:  # fused attention takes them as they are
+            k0 = _heads(k0, self.heads).transpose(-1, -2)  # (B, H, D, P)
+            v0 = _heads(v0, self.heads)  # (B, H, P, D)
         masks, ious = [], []
         for start in range(0, self.num_prompts, self.chunk):
             group = slice(start, min(start + self.chunk, self.num_prompts))
@@ -180,7 +190,11 @@ class PromptDecoder(nn.Module):
 
         # Layer 0, tokens -> image: the group's n*T queries against each image's keys.
         q = self.q0[:, group.start * t:group.stop * t]  # (H, n*T, D)
-        out = _merge_heads(_attend(q, k0, v0))  # (B, n*T, I)
+        if self.fused:  # k0, v0 (B, P, I)
+            q = _merge_heads(q).expand(k0.shape[0], -1, -1)  # (B, n*T, I)
+            out = fused_attention(q, k0, v0, self.heads, q.shape[1])  # (B, n*T, I)
+        else:
+            out = _merge_heads(_attend(q, k0, v0))  # (B, n*T, I)
         out = layer0.cross_attn_token_to_image.out_proj(out).unflatten(1, (n, t))  # (B, n, T, E)
         queries = layer0.norm2(self.queries0[group] + out)
         queries = layer0.norm3(queries + layer0.mlp(queries))
@@ -219,8 +233,15 @@ class PromptDecoder(nn.Module):
         Returns (B, n, T, E)."""
         q = _heads(attn.q_proj(q) * self._scale(attn), self.heads)  # (B, n, H, T, D)
         # q . (keys + pos) Wk, as (q Wk^T) keys^T + q (pos Wk)^T: the keys are read once and never offset.
-        logits = (q @ wk).flatten(-3, -2) @ keys.transpose(-1, -2) + (q @ pos_k).flatten(-3, -2)  # (B, n, H*T, P)
-        pooled = (logits.softmax(dim=-1) @ keys).unflatten(-2, (self.heads, -1))  # (B, n, H, T, E)
+        q_keys, pos_logits = (q @ wk).flatten(-3, -2), (q @ pos_k).flatten(-3, -2)  # (B, n, H*T, E), (B, n, H*T, P)
+        if self.fused:  # one head of E channels over (B*n) prompts, the positions' logits as the attention bias
+            pooled = fused_attention(q_keys.flatten(0, 1), keys.flatten(0, 1), keys.flatten(0, 1), 1, q_keys.shape[-2],
+                                     pos_logits.flatten(0, 1).unsqueeze(1))  # (B*n, H*T, E)
+            # n as a constant: a size read from the traced tensors was folded to the example's batch.
+            pooled = pooled.unflatten(0, (-1, int(q_keys.shape[1])))
+        else:
+            pooled = (q_keys @ keys.transpose(-1, -2) + pos_logits).softmax(dim=-1) @ keys  # (B, n, H*T, E)
+        pooled = pooled.unflatten(-2, (self.heads, -1))  # (B, n, H, T, E)
         return attn.out_proj(_merge_heads(pooled @ wv) + attn.v_proj.bias)
 
     def _token_key_blocks(self, layer: nn.Module, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ def _run(script: str, args: list[str], out: Path) -> None:
     [
         ("export_fullsize.py", ["--classes", "3", "--precisions", "fp32"], "precision", 1),
         ("runtime_fullsize.py", ["--classes", "3", "--batch", "1,2", "--warmup", "0", "--iters", "1",
-                                 "--graphs", "fp32,fp32-ort-attention"], "graph", 4),
+                                 "--graphs", "fp32,fp32-ort-fused"], "graph", 4),
         ("train_efficiency.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1"], "variant", 4),
     ],
 )
@@ -148,7 +148,7 @@ def test_gpu_ablation_measures_the_graphs_it_finds_and_lists_the_rest(tmp_path):
     assert [row[:2] for row in rows[1:]] == [["the default, FP32 graph", "fp32"]]
     parity = json.loads((work / "parity-fp32.json").read_text())["label_agreement"]
     assert rows[1][-1] == f"{100 * parity:.3f}"
-    assert out.read_text().count("was not exported)") == 6
+    assert out.read_text().count("was not exported)") == 7
 
 
 def test_fp16_ops_measures_every_kept_list_against_the_shipped_one(tmp_path):

@@ -255,24 +255,39 @@ def test_a_failed_fp16_conversion_is_one_line_and_writes_nothing(pack_path, tmp_
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".ssprompt-tmp-*"))
 
 
-def test_ort_attention_export_fuses_every_encoder_attention_and_passes_the_fp16_gate(pack_path, tmp_path):
-    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--fp16",
-                                                 "--ort-attention"])
+def _onnx_runtime_export(pack_path, tmp_path, flag):
+    """An FP16 export with `flag` (--ort-attention, --ort-fused) through the CLI, which must pass the parity gate;
+    returns its ONNX model and the module traced for it."""
+    result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--fp16", flag])
     assert result.exit_code == 0, result.output
     assert "fp16 parity" in result.output and "labels agree" in result.output
-    model = onnx.load(str(tmp_path / "o" / "model.onnx"))
+    return onnx.load(str(tmp_path / "o" / "model.onnx")), ExportGraph(model_from_pack(load_pack(pack_path), device="cpu")[0],
+                                                                      flag.removeprefix("--"))
+
+
+def test_ort_attention_export_fuses_every_encoder_attention_and_passes_the_fp16_gate(pack_path, tmp_path):
+    model, graph = _onnx_runtime_export(pack_path, tmp_path, "--ort-attention")
     fused = [n for n in model.graph.node if n.domain == "com.microsoft"]
-    graph = ExportGraph(model_from_pack(load_pack(pack_path), device="cpu")[0], "ort-attention")
     assert graph.swapped_attention > 0
     assert [n.op_type for n in fused] == ["MultiHeadAttention"] * graph.swapped_attention
     assert not [n for n in model.graph.node if n.op_type == "Softmax" and "image_encoder" in n.name]
 
 
-def test_engine_with_ort_attention_is_refused_in_one_line(pack_path, tmp_path):
+def test_ort_fused_export_fuses_attention_and_residual_norms_and_passes_the_fp16_gate(pack_path, tmp_path):
+    model, graph = _onnx_runtime_export(pack_path, tmp_path, "--ort-fused")
+    attention = [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]
+    # The encoder's and CLIP's attentions, and per group of prompts the decoder's three token-to-image ones.
+    groups = -(-graph.decoder.num_prompts // graph.decoder.chunk)
+    assert len(attention) == graph.swapped_attention + 3 * groups
+    assert sum(n.op_type == "SkipLayerNormalization" for n in model.graph.node) > 0
+    assert not [n for n in model.graph.node if n.op_type == "Softmax" and ("image_encoder" in n.name or "clip" in n.name)]
+
+
+@pytest.mark.parametrize("flag", ["--ort-attention", "--ort-fused"])
+def test_engine_with_onnx_runtime_ops_is_refused_in_one_line(pack_path, tmp_path, flag):
     result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--engine",
-                                                 "--ort-attention"])
+                                                 flag])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines() == [
-        "Error: --engine: TensorRT cannot build ONNX Runtime's MultiHeadAttention (--ort-attention); export without "
-        "--ort-attention for TensorRT"]
+        f"Error: --engine: TensorRT cannot build ONNX Runtime's contrib ops ({flag}); export without {flag} for TensorRT"]
     assert not (tmp_path / "o").exists()

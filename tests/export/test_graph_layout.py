@@ -21,15 +21,17 @@ def tiny_model(tiny_backbones):
     return SSPrompt(tiny_backbones, ["a", "b", "c"], ModelConfig(num_prompts=16), default_semantic=torch.randn(3, 64)).eval()
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("chunk", [16, 5])
-def test_prompt_decoder_equals_sams_decoder(tiny_model, chunk):
+def test_prompt_decoder_equals_sams_decoder(tiny_model, chunk, fused):
     model = tiny_model
     generator = torch.Generator().manual_seed(0)
     sparse = model.default_spatial + 0.1 * torch.randn(model.default_spatial.shape, generator=generator)  # not the defaults
     embeddings = torch.randn(3, *model.dense_pe.shape[1:], generator=generator)
     with torch.no_grad():
         want_masks, want_iou = decode_masks(model.sam.mask_decoder, embeddings, model.dense_pe, sparse, model.no_mask_dense)
-        masks, iou = PromptDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, sparse, chunk)(embeddings)
+        decoder = PromptDecoder(model.sam.mask_decoder, model.dense_pe, model.no_mask_dense, sparse, chunk, fused=fused)
+        masks, iou = decoder(embeddings)
     assert masks.shape == want_masks.shape == (3, 16, 64, 64)
     torch.testing.assert_close(masks, want_masks, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(iou, want_iou, atol=1e-5, rtol=1e-5)
@@ -60,6 +62,24 @@ def test_encoder_attention_equals_sams_attention(window, fused):
     images = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
         torch.testing.assert_close(swapped(images), encoder(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_clip_attention_equals_open_clips_block(batch_first):
+    from open_clip.transformer import ResidualAttentionBlock
+
+    from ssprompt.export.clip_attention import ClipAttention, swap_clip_attention
+
+    torch.manual_seed(0)
+    blocks = nn.Sequential(*(ResidualAttentionBlock(64, 4, batch_first=batch_first) for _ in range(3))).eval()
+    visual = nn.Module()
+    visual.transformer = nn.Module()
+    visual.transformer.resblocks = copy.deepcopy(blocks)
+    assert swap_clip_attention(visual, 2) == 2
+    assert [isinstance(b.attn, ClipAttention) for b in visual.transformer.resblocks] == [True, True, False]
+    x = torch.randn(2, 17, 64) if batch_first else torch.randn(17, 2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(visual.transformer.resblocks(x), blocks(x), atol=1e-5, rtol=1e-5)
 
 
 def test_graph_with_padded_windows_runs_at_any_batch_size(tiny_backbones):
