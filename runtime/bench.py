@@ -198,9 +198,11 @@ def environment(runner: Runner) -> dict:
     }
     for module in ("onnxruntime", "tensorrt"):
         try:
-            info[module] = __import__(module).__version__
+            version = getattr(__import__(module), "__version__", None)  # a folder of type stubs imports, unversioned
         except ImportError:
-            pass
+            continue
+        if version is not None:
+            info[module] = version
     return info
 
 

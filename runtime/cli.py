@@ -80,8 +80,8 @@ def _user_errors():
                    "at ADDRESS (auto, ray://host:10001). Same outputs; a rerun skips the images already done.")
 @click.option("--actors", default=None, metavar="MIN,MAX", help="--ray: the runner actor pool's size  [default: 1 up to "
               "what the CPUs (or GPUs) hold]")
-@click.option("--actor-cpus", default=None, type=click.FloatRange(min=0), help="--ray: CPUs each runner actor reserves.")
-@click.option("--actor-gpus", default=None, type=click.FloatRange(min=0),
+@click.option("--actor-cpus", default=None, type=FiniteFloat(min=0), help="--ray: CPUs each runner actor reserves.")
+@click.option("--actor-gpus", default=None, type=FiniteFloat(min=0),
               help="--ray: GPUs each runner actor reserves  [default: 1 where the cluster has GPUs, else 0]")
 @click.option("--quiet", is_flag=True)
 def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend, provider, ray_address, actors,
@@ -174,16 +174,16 @@ def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, 
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1), help="Copies of the model serving.")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+@click.option("--replicas", default=1, show_default=True, type=POSITIVE, help="Copies of the model serving.")
+@click.option("--max-batch", default=8, show_default=True, type=POSITIVE,
               help="Most requests one graph call takes (Ray Serve's batching).")
-@click.option("--batch-wait-ms", default=10.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--batch-wait-ms", default=10.0, show_default=True, type=FiniteFloat(min=0),
               help="How long a batch waits for more requests before it runs.")
-@click.option("--cpus-per-replica", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--cpus-per-replica", default=1.0, show_default=True, type=FiniteFloat(min=0),
               help="CPUs Ray reserves for each replica.")
-@click.option("--gpus-per-replica", default=None, type=click.FloatRange(min=0),
+@click.option("--gpus-per-replica", default=None, type=FiniteFloat(min=0),
               help="GPUs Ray reserves for each replica  [default: 1 where the cluster has GPUs, else 0]")
-@click.option("--max-bytes", default=64 * 2**20, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-bytes", default=64 * 2**20, show_default=True, type=POSITIVE,
               help="Largest upload taken; larger ones get 413.")
 @click.option("--address", default=None,
               help="A running Ray cluster to serve from (ray://host:10001, or auto); default: start one here.")

@@ -176,5 +176,6 @@ def test_a_folder_of_tensorrt_type_stubs_on_the_path_is_not_taken_for_tensorrt(t
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Builder: ...\n")  # what tensorrt-stubs installs
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # recorded, so the stubs' import is dropped again afterwards
+    monkeypatch.delitem(sys.modules, "tensorrt")
     assert not export_tensorrt.tensorrt_available()
