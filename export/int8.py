@@ -8,10 +8,11 @@ images the parity gate or an evaluation scores.
 
 Calibration memory: onnxruntime's histogram calibrators (entropy, percentile) make every calibrated
 tensor a graph output, so one run of the full-size graph would hold all of its intermediates at
-once (the decoder's are N x 4096 x 256 each). Their ranges are therefore collected one op type at
-a time (a tensor's histogram does not depend on which others are collected with it), one image a
-run, merged, and handed to quantize_static as its calibration cache. minmax reduces each tensor to
-its range inside the graph and needs no such split.
+once (the decoder's are N x 4096 x 256 each). minmax reduces each tensor inside the graph, but its
+augmented graph still ran out of 24 GB at full size with every op type's reductions in it. Ranges
+are therefore collected one op type at a time for every method (a tensor's range or histogram does
+not depend on which others are collected with it), one image a run, merged, and handed to
+quantize_static as its calibration cache.
 
 Which op types stay in float is measured, not guessed: benchmarks/int8_ops.py writes the parity
 of each op type quantized alone to benchmarks/results/int8_ops_*.md.
@@ -167,9 +168,8 @@ def _method(name: str):
 def calibration_ranges(fp32_path: Path, images: np.ndarray, method: str, op_types: list[str], log=print):
     """Activation ranges of every tensor the nodes of `op_types` read or write, on `images` (K x S x S x 3 uint8).
 
-    minmax reduces each tensor to its range inside the calibration graph: one pass over the images.
-    entropy and percentile histogram whole tensors: one pass an op type (see the module docstring).
-    Images go in one at a time either way; the calibrators merge ranges and histograms across calls.
+    One pass over the images an op type (see the module docstring), one image a run; the calibrators
+    merge ranges and histograms across calls.
 
     Returns:
       onnxruntime.quantization.calibrate.TensorsData: tensor name -> range (and histogram, by method).
@@ -178,12 +178,11 @@ def calibration_ranges(fp32_path: Path, images: np.ndarray, method: str, op_type
 
     merged: dict = {}
     calibrate_method = _method(method)
-    groups = [op_types] if method == "minmax" else [[op] for op in op_types]
     with tempfile.TemporaryDirectory(prefix="ssp-int8-") as tmp:
-        for group in groups:
-            log(f"calibrating the tensors of {', '.join(group)} on {len(images)} images ({method})")
+        for op_type in op_types:
+            log(f"calibrating the tensors of {op_type} on {len(images)} images ({method})")
             # Symmetric ranges: the activations are stored as symmetric int8 (TensorRT's form).
-            calibrator = create_calibrator(fp32_path, group, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrator = create_calibrator(fp32_path, [op_type], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                            calibrate_method=calibrate_method, use_external_data_format=True,
                                            extra_options={"symmetric": True})
             for index in range(len(images)):

@@ -4,6 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from click.testing import CliRunner
@@ -114,3 +115,45 @@ def test_fp16_and_int8_together_are_refused(demo_run, tmp_path):
     result = CliRunner().invoke(export_command, ["--prompts", str(pack_path), "--out", str(tmp_path / "o"), "--int8", "--fp16"])
     assert result.exit_code == 1 and "--fp16 and --int8 exclude each other" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def _two_op_type_graph(path: Path) -> Path:
+    """uint8 (1, 2, 2, 3) -> Cast -> MatMul (3 x 4) -> Relu -> Add: a MatMul's and an Add's tensors, one shared."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ssprompt.runtime.contract import INPUT
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "weight")
+    shift = numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "shift")
+    nodes = [helper.make_node("Cast", [INPUT], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["pixels", "weight"], ["projected"]),
+             helper.make_node("Relu", ["projected"], ["rectified"]),
+             helper.make_node("Add", ["rectified", "shift"], ["out"])]
+    graph = helper.make_graph(nodes, "two_op_types", [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, [1, 2, 2, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 2, 4])], [weight, shift])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_ranges_collected_one_op_type_at_a_time_equal_one_joint_pass(tmp_path):
+    """minmax calibrates one op type a pass (a bounded augmented graph); the merged ranges are those of one pass
+    over every op type together, for each tensor of either op type."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from ssprompt.export.int8 import _ImageReader, calibration_ranges
+
+    model = _two_op_type_graph(tmp_path / "model.onnx")
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 2, 2, 3), dtype=np.uint8)
+    passes: list[str] = []
+    ranges = calibration_ranges(model, images, "minmax", ["MatMul", "Add"], log=passes.append)
+    joint = create_calibrator(model, ["MatMul", "Add"], augmented_model_path=str(tmp_path / "joint.onnx"),
+                              calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": True})
+    for index in range(len(images)):
+        joint.collect_data(_ImageReader(images[index:index + 1]))
+    expected = joint.compute_data().data
+    assert len(passes) == 2
+    assert {"pixels", "projected", "rectified", "out"} <= set(expected)
+    assert set(ranges.data) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(np.asarray(ranges.data[name].range_value), np.asarray(value.range_value), err_msg=name)
