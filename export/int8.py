@@ -6,13 +6,14 @@ runs as integer kernels. Activation ranges come from calibration images the grap
 (minmax, entropy or percentile, the calibrators of onnxruntime.quantization), never from the
 images the parity gate or an evaluation scores.
 
-Calibration memory: onnxruntime's histogram calibrators (entropy, percentile) make every calibrated
-tensor a graph output, so one run of the full-size graph would hold all of its intermediates at
-once (the decoder's are N x 4096 x 256 each). minmax reduces each tensor inside the graph, but its
-augmented graph still ran out of 24 GB at full size with every op type's reductions in it. Ranges
-are therefore collected one op type at a time for every method (a tensor's range or histogram does
-not depend on which others are collected with it), one image a run, merged, and handed to
-quantize_static as its calibration cache.
+Calibration memory: onnxruntime's calibrators add nodes to a copy of the graph that reduce (minmax) or
+output (entropy, percentile) every tensor they calibrate. Run in onnxruntime's default execution order,
+the added reductions run late and keep every reduced tensor alive (the full-size graph ran out of
+24 GB); run in priority-based order, each runs right after its tensor's producer, so the calibration
+graph needs about what the graph itself needs. The histogram calibrators make whole tensors graph
+outputs (the decoder's are N x 4096 x 256 each), so their ranges are collected one op type at a time
+(a tensor's histogram does not depend on which others are collected with it). Images go in one a run;
+the ranges are merged and handed to quantize_static as its calibration cache.
 
 Which op types stay in float is measured, not guessed: benchmarks/int8_ops.py writes the parity
 of each op type quantized alone to benchmarks/results/int8_ops_*.md.
@@ -165,11 +166,22 @@ def _method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
+def _priority_ordered_session(model_path: str, providers: list[str]):
+    """The calibrator's session as onnxruntime.quantization builds it (no graph optimization: the calibrated tensors
+    keep their names), but in priority-based execution order (see the module docstring)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
+    return onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
+
+
 def calibration_ranges(fp32_path: Path, images: np.ndarray, method: str, op_types: list[str], log=print):
     """Activation ranges of every tensor the nodes of `op_types` read or write, on `images` (K x S x S x 3 uint8).
 
-    One pass over the images an op type (see the module docstring), one image a run; the calibrators
-    merge ranges and histograms across calls.
+    minmax: one pass over the images; entropy and percentile: one pass an op type (see the module docstring).
+    One image a run either way; the calibrators merge ranges and histograms across calls.
 
     Returns:
       onnxruntime.quantization.calibrate.TensorsData: tensor name -> range (and histogram, by method).
@@ -178,13 +190,16 @@ def calibration_ranges(fp32_path: Path, images: np.ndarray, method: str, op_type
 
     merged: dict = {}
     calibrate_method = _method(method)
+    groups = [op_types] if method == "minmax" else [[op] for op in op_types]
     with tempfile.TemporaryDirectory(prefix="ssp-int8-") as tmp:
-        for op_type in op_types:
-            log(f"calibrating the tensors of {op_type} on {len(images)} images ({method})")
+        for group in groups:
+            log(f"calibrating the tensors of {', '.join(group)} on {len(images)} images ({method})")
             # Symmetric ranges: the activations are stored as symmetric int8 (TensorRT's form).
-            calibrator = create_calibrator(fp32_path, [op_type], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrator = create_calibrator(fp32_path, group, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                            calibrate_method=calibrate_method, use_external_data_format=True,
                                            extra_options={"symmetric": True})
+            calibrator.infer_session = _priority_ordered_session(calibrator.augmented_model_path,
+                                                                 calibrator.execution_providers)
             for index in range(len(images)):
                 calibrator.collect_data(_ImageReader(images[index:index + 1]))
             merged.update(calibrator.compute_data().data)

@@ -136,23 +136,25 @@ def _two_op_type_graph(path: Path) -> Path:
     return path
 
 
-def test_ranges_collected_one_op_type_at_a_time_equal_one_joint_pass(tmp_path):
-    """minmax calibrates one op type a pass (a bounded augmented graph); the merged ranges are those of one pass
-    over every op type together, for each tensor of either op type."""
+@pytest.mark.parametrize(("method", "passes"), [("minmax", 1), ("entropy", 2)])
+def test_calibration_ranges_equal_onnxruntimes_own_calibrator(tmp_path, method, passes):
+    """Ranges from our calibration (priority-ordered session; histograms one op type a pass, merged) equal those of
+    onnxruntime's calibrator run as it comes, over every op type together, for each tensor of either op type."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     from ssprompt.export.int8 import _ImageReader, calibration_ranges
 
     model = _two_op_type_graph(tmp_path / "model.onnx")
     images = np.random.default_rng(1).integers(0, 256, size=(3, 2, 2, 3), dtype=np.uint8)
-    passes: list[str] = []
-    ranges = calibration_ranges(model, images, "minmax", ["MatMul", "Add"], log=passes.append)
+    logged: list[str] = []
+    ranges = calibration_ranges(model, images, method, ["MatMul", "Add"], log=logged.append)
     joint = create_calibrator(model, ["MatMul", "Add"], augmented_model_path=str(tmp_path / "joint.onnx"),
-                              calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": True})
+                              calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[method],
+                              extra_options={"symmetric": True})
     for index in range(len(images)):
         joint.collect_data(_ImageReader(images[index:index + 1]))
     expected = joint.compute_data().data
-    assert len(passes) == 2
+    assert len(logged) == passes
     assert {"pixels", "projected", "rectified", "out"} <= set(expected)
     assert set(ranges.data) == set(expected)
     for name, value in expected.items():
