@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ssprompt.runtime.contract import CONTRACT_VERSION, EngineFacts, GraphMetadata
+from ssprompt.runtime.errors import SSPromptError
 from ssprompt.runtime.files import atomic_folder, exclusive, regular_files, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
@@ -34,7 +35,7 @@ PLAN_FILE = "model.plan"
 BUILD_SCRIPT = "build_engine.sh"  # trtexec, then the sidecar completed (where TensorRT is absent at export)
 
 
-class ExportError(RuntimeError):
+class ExportError(SSPromptError, RuntimeError):
     """The export cannot be completed; one line that says why."""
 
 

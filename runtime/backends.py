@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from .contract import BATCH_AXIS, GraphMetadata, MetadataError
+from .errors import ModelError, OptionError
 from .images import error_reason
 
 __all__ = [
-    "ModelError",
     "TensorSpec",
     "Runner",
     "OnnxRuntimeRunner",
@@ -56,10 +56,6 @@ def tensorrt_libraries_load() -> bool:
     except OSError:
         return False
     return True
-
-
-class ModelError(RuntimeError):
-    """A model or engine that cannot be used here; one line naming the file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -147,9 +143,9 @@ class OnnxRuntimeRunner(Runner):
                  cuda_options: dict[str, str] | None = None) -> None:
         super().__init__(path)
         if provider != "auto" and provider not in ORT_PROVIDERS:
-            raise ValueError(f"--provider {provider!r}: choose auto, {', '.join(ORT_PROVIDERS)}")
+            raise OptionError(f"--provider {provider!r}: choose auto, {', '.join(ORT_PROVIDERS)}")
         if batch is not None and batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
+            raise OptionError(f"batch must be at least 1, got {batch}")
         self.provider = provider
         self.batch = batch
         self.fixed_batch: int | None = None  # the batch the session was built for, where it fixed one
@@ -272,7 +268,7 @@ class OnnxRuntimeRunner(Runner):
         names = [o.name for o in self.outputs] if outputs is None else list(outputs)
         unknown = [n for n in names if n not in {o.name for o in self.outputs}]
         if unknown:
-            raise ValueError(f"{self.path}: no output named {', '.join(unknown)}; outputs are {', '.join(o.name for o in self.outputs)}")
+            raise OptionError(f"{self.path}: no output named {', '.join(unknown)}; outputs are {', '.join(o.name for o in self.outputs)}")
         try:
             if self.cuda_graph:
                 failed = self._capture_failure(feed, names)
@@ -357,7 +353,7 @@ def open_runner(path: str | Path, backend: str = "auto", provider: str = "auto",
     if backend == "auto":
         backend = "tensorrt" if path.suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
     if backend not in BACKENDS:
-        raise ValueError(f"--backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+        raise OptionError(f"--backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
     return BACKENDS[backend](path, provider, batch, cuda_graph)
 
 

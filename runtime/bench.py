@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .backends import Runner
 from .contract import INPUT, LABELS
+from .errors import OptionError
 from .segmenter import check_metadata
 
 __all__ = ["BenchRow", "GpuMemory", "benchmark", "time_calls", "environment", "markdown_table", "plot_latency", "peak_rss_mb", "rss_mb", "reset_peak_rss"]
@@ -226,7 +227,7 @@ def plot_latency(rows: list[BenchRow], info: dict, path) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("--plot needs matplotlib (pip install matplotlib)") from None
+        raise OptionError("--plot needs matplotlib (pip install matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

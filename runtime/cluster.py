@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OptionError
 from .outputs import TaskSettings
 
 __all__ = ["ClusterConfig", "Resources", "plan_resources", "segment_files_ray", "RECORDS"]
@@ -74,7 +75,7 @@ def plan_resources(cpus: float, gpus: float, config: ClusterConfig = ClusterConf
         most = max(1, min(most, math.floor(gpus / actor_gpus)))
     actors = config.actors or (1, most)
     if actors[0] < 1 or actors[1] < actors[0]:
-        raise ValueError(f"--actors {actors[0]},{actors[1]}: expected MIN,MAX with 1 <= MIN <= MAX")
+        raise OptionError(f"--actors {actors[0]},{actors[1]}: expected MIN,MAX with 1 <= MIN <= MAX")
     # Several actors of one node would each start a pool of every core's threads.
     threads = None if actors[1] == 1 and actor_gpus == 0 else max(1, math.ceil(actor_cpus))
     return Resources(actors, actor_cpus, actor_gpus, task_cpus, threads)

@@ -13,6 +13,7 @@ from .backends import open_runner
 from .bench import peak_rss_mb, reset_peak_rss, rss_mb
 from .coco import categories
 from .contract import GraphMetadata
+from .errors import OptionError
 from .files import NAME_MAX, cut_name, exclusive, remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from .images import ImageError, find_images, read_image
 from .instances import InstanceOptions, PanopticOptions
@@ -153,7 +154,7 @@ def segment_files(
       LockedError: another run is writing `out`.
     """
     if batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {batch}")
+        raise OptionError(f"--batch must be at least 1, got {batch}")
     out = Path(out)
     settings = TaskSettings(task, with_overlay, instance_options, panoptic_options)
     if cluster is not None:

@@ -9,9 +9,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .backends import ModelError, Runner
+from .backends import Runner
 from .contract import (CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, ContractError, GraphMetadata, check_output_specs,
                        check_outputs)
+from .errors import ModelError, OptionError
 from .instances import (InstanceOptions, Instances, Panoptic, PanopticOptions, instances_from_prompts,
                         panoptic_from_prompts)
 from .postprocess import restore_labels
@@ -52,7 +53,7 @@ class Segmenter:
     def check_task(self, task: str) -> None:
         """A ModelError where the graph cannot give `task`'s results (an older graph, or no thing classes)."""
         if task not in TASKS:
-            raise ValueError(f"task {task!r}: choose {', '.join(TASKS)}")
+            raise OptionError(f"task {task!r}: choose {', '.join(TASKS)}")
         if task == "semantic":
             return
         if not self.has_instances:

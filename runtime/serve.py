@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OptionError, SSPromptError
 from .instances import InstanceOptions, PanopticOptions
 
 __all__ = ["ServeConfig", "SegmentServer", "build_app", "run_server"]
@@ -50,13 +51,13 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.batch_wait_ms < 0 or self.replicas < 1 or self.max_bytes < 1:
-            raise ValueError(f"--max-batch {self.max_batch} and --replicas {self.replicas} must be at least 1, "
+            raise OptionError(f"--max-batch {self.max_batch} and --replicas {self.replicas} must be at least 1, "
                              f"--batch-wait-ms {self.batch_wait_ms} at least 0, --max-bytes {self.max_bytes} positive")
         if self.cpus_per_replica < 0 or (self.gpus_per_replica or 0) < 0:
-            raise ValueError("--cpus-per-replica and --gpus-per-replica cannot be negative")
+            raise OptionError("--cpus-per-replica and --gpus-per-replica cannot be negative")
 
 
-class RequestError(Exception):
+class RequestError(SSPromptError):
     """A request the server refuses: an HTTP status and one line."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from ssprompt.runtime.backends import ModelError, OnnxRuntimeRunner, open_runner
+from ssprompt.runtime.backends import OnnxRuntimeRunner, open_runner
+from ssprompt.runtime.errors import ModelError
 from ssprompt.runtime.sidecar import check_sidecar
 from ssprompt.runtime.cli import bench_command, run_command
 from ssprompt.runtime.contract import INPUT, LABELS, MASK_LOGITS
