@@ -16,7 +16,7 @@ from ssprompt.runtime.errors import SSPromptError
 from ssprompt.runtime.files import atomic_folder, exclusive, regular_files, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
-from ssprompt.runtime.sidecar import PENDING, write_sidecar
+from ssprompt.runtime.sidecar import PENDING, sidecar_path, write_sidecar
 from ssprompt.train.backbones import file_sha256
 from ssprompt.train.pack import Pack
 
@@ -244,7 +244,7 @@ def export_pack(
                 script.chmod(0o755)
                 command = f"sh {shlex.quote(str(out / BUILD_SCRIPT))}"
                 log(f"tensorrt does not import here: build the engine on the target machine with `{command}` "
-                    f"(trtexec, then the build is recorded in {PLAN_FILE}.json)")
+                    f"(trtexec, then the build is recorded in {sidecar_path(out / PLAN_FILE).name})")
 
         triton_configs = []
         if triton:

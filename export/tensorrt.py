@@ -17,7 +17,7 @@ from ssprompt.runtime.contract import INPUT, EngineFacts
 from ssprompt.runtime.errors import ModelError, OptionError
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.gpu import UNKNOWN_GPU, gpu_name
-from ssprompt.runtime.sidecar import SIDECAR_MODULE
+from ssprompt.runtime.sidecar import SIDECAR_MODULE, sidecar_path
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -90,7 +90,7 @@ def build_script(onnx_name: str, plan_name: str, image_size: int, batch: BatchRa
     return "\n".join([
         "#!/bin/sh",
         "# Build the TensorRT engine on the target machine (TensorRT 10 and pip install 'ssprompt[tensorrt]'), then",
-        f"# record in {plan_name}.json what it was built with: ssp-run refuses the engine until then.",
+        f"# record in {sidecar_path(Path(plan_name)).name} what it was built with: ssp-run refuses the engine until then.",
         "set -eu",
         'cd "$(dirname "$0")"',
         command,
