@@ -52,7 +52,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.batch_wait_ms < 0 or self.replicas < 1 or self.max_bytes < 1:
             raise OptionError(f"--max-batch {self.max_batch} and --replicas {self.replicas} must be at least 1, "
-                             f"--batch-wait-ms {self.batch_wait_ms} at least 0, --max-bytes {self.max_bytes} positive")
+                              f"--batch-wait-ms {self.batch_wait_ms} at least 0, --max-bytes {self.max_bytes} positive")
         if self.cpus_per_replica < 0 or (self.gpus_per_replica or 0) < 0:
             raise OptionError("--cpus-per-replica and --gpus-per-replica cannot be negative")
 

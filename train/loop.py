@@ -197,7 +197,7 @@ def train_prompts(
         loss = segmentation_loss(model, batch, void=config.void)
         if not torch.isfinite(loss):
             raise OptionError(f"training diverged: loss {loss.item()} at step {step + 1} of {total}; nothing written "
-                             f"(lower --lr, now {config.lr:g})")
+                              f"(lower --lr, now {config.lr:g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
