@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from .backends import BACKENDS
+from .runner import BACKENDS
 from .contract import LABELS
 from .instances import InstanceOptions, PanopticOptions
 from .options import NON_NEGATIVE, POSITIVE, UNIT, FiniteFloat, IntList, OutputFile, reported_errors
-from .segmenter import TASKS
+from .tasks import TASKS
 
 __all__ = ["run_command", "bench_command", "serve_command", "postprocess_options", "options_from"]
 
@@ -63,8 +63,8 @@ def options_from(opts: dict) -> tuple[InstanceOptions, PanopticOptions]:
 @click.option("--overlay", "with_overlay", is_flag=True, help="Also write colour overlays.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="A bad image: report and skip it, or stop the run.")
-@click.option("--task", type=click.Choice(TASKS), default="semantic", show_default=True,
-              help="semantic: label PNGs; instance: COCO results JSON (RLE masks); panoptic: COCO panoptic PNGs + JSON.")
+@click.option("--task", type=click.Choice(list(TASKS)), default="semantic", show_default=True,
+              help="; ".join(f"{task.name}: {task.help}" for task in TASKS.values()) + ".")
 @postprocess_options
 @_backend
 @_provider
@@ -130,9 +130,10 @@ def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend
 @click.option("--quiet", is_flag=True)
 def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, outputs, as_json, markdown, plot, quiet) -> None:
     """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
-    from .backends import open_runner
-    from .bench import benchmark, environment, markdown_table, plot_latency, rows_as_dicts
+    from .bench import benchmark
     from .files import terminate_like_interrupt, write_text_atomic
+    from .report import environment, markdown_table, plot_latency, rows_as_dicts
+    from .runner import open_runner
 
     terminate_like_interrupt()
 
@@ -188,7 +189,7 @@ def serve_command(model, host, port, replicas, max_batch, batch_wait_ms, cpus_pe
         from ray import serve  # noqa: F401
     except ImportError:
         raise click.ClickException("ssp-serve needs Ray Serve: pip install 'ssprompt[serve]'") from None
-    from .backends import open_runner
+    from .runner import open_runner
     from .segmenter import Segmenter
     from .serve import ServeConfig, run_server
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .backends import Runner, TensorSpec
 from .errors import ModelError, OptionError
 from .gpu import gpu_name
+from .runner import Runner, TensorSpec
 from .sidecar import check_sidecar, read_sidecar
 
 if TYPE_CHECKING:

@@ -56,7 +56,7 @@ COMMANDS = {
     "ssp-run": ("ssprompt.runtime.cli:run_command", ["{tmp}/m.onnx", "{tmp}", "--out", "{tmp}/o"],
                 "ssprompt.runtime.run:segment_files"),
     "ssp-bench": ("ssprompt.runtime.cli:bench_command", ["{tmp}/m.onnx"], "ssprompt.runtime.bench:benchmark"),
-    "ssp-serve": ("ssprompt.runtime.cli:serve_command", ["{tmp}/m.onnx"], "ssprompt.runtime.backends:open_runner"),
+    "ssp-serve": ("ssprompt.runtime.cli:serve_command", ["{tmp}/m.onnx"], "ssprompt.runtime.runner:open_runner"),
 }
 
 
