@@ -115,13 +115,44 @@ def gpu_description() -> str | None:
     return text
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _is_path(argument: str) -> bool:
+    """Whether a command-line argument names a file or folder by a path that depends on the machine."""
+    return argument.startswith(("/", "~", "../")) or argument == ".."
+
+
+def command_line(argv: list[str]) -> str:
+    """`argv` as a result table names it: a path inside the repository relative to it, one outside (a temporary
+    folder, a shared data set) by its role (`--work WORK`; a positional one `PATH/` and its last two names),
+    so a table says what was run and nothing of the machine that ran it."""
+    words = []
+    for i, argument in enumerate(argv):
+        option, equals, value = argument.partition("=") if argument.startswith("--") else ("", "", argument)
+        if not _is_path(value):
+            words.append(argument)
+            continue
+        path = Path(value).expanduser().resolve()
+        if path.is_relative_to(REPO):
+            value = str(path.relative_to(REPO)) or "."
+        elif equals:  # --work=/tmp/x
+            value = option.lstrip("-").replace("-", "_").upper()
+        elif i > 0 and argv[i - 1].startswith("--"):  # --work /tmp/x
+            value = argv[i - 1].lstrip("-").replace("-", "_").upper()
+        else:
+            value = "/".join(["PATH", *path.parts[-2:]])
+        words.append(f"{option}={value}" if equals else value)
+    return " ".join(words)
+
+
 def header(title: str) -> list[str]:
     import torch
 
     lines = [
         f"# {title}",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Command: `python {command_line(sys.argv)}`  ",
         f"Date: {datetime.date.today()}; machine: {platform.machine()}, {torch.get_num_threads()} CPU threads; "
         f"torch {torch.__version__}, Python {platform.python_version()}  ",
     ]

@@ -73,7 +73,7 @@ def file_mib(onnx: Path) -> float:
 
 def world_miou(onnx: Path, pack: Path) -> float:
     """mIoU (%) of the graph's label maps on the pack's held-out split, as ssp-eval scores it."""
-    from ssprompt.runtime.backends import open_runner
+    from ssprompt.runtime.runner import open_runner
     from ssprompt.runtime.segmenter import Segmenter
     from ssprompt.train.data import open_folder, read_image, read_label
     from ssprompt.train.metrics import confusion_matrix, metrics_from_confusion

@@ -43,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import header, table_lines, write_report  # noqa: E402
+from common import command_line, header, table_lines, write_report  # noqa: E402
 
 
 def steps(work: Path, results: Path, args) -> list[tuple[str, list[str], int]]:
@@ -122,8 +122,8 @@ def main() -> None:
             status = "done" if done.returncode == 0 else f"failed (exit {done.returncode})"
         except subprocess.TimeoutExpired:
             status = f"stopped at its limit ({min(limit, left):.0f} s)"
-        report.append([name, status, f"{time.perf_counter() - start:.0f}", " ".join(Path(c).name if i < 2 else c
-                                                                                 for i, c in enumerate(command))])
+        report.append([name, status, f"{time.perf_counter() - start:.0f}",
+                       f"{Path(command[0]).name} {command_line([Path(command[1]).name, *command[2:]])}"])
         print(f"== {name}: {status} in {time.perf_counter() - start:.0f} s", flush=True)
 
     lines = header("The prepared GPU run") + ["", f"Budget {args.budget:.0f} s; took {time.perf_counter() - began:.0f} s.", "",

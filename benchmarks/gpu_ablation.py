@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_ablation_cuda.md"))
     args = parser.parse_args()
 
-    from ssprompt.runtime.backends import open_runner
+    from ssprompt.runtime.runner import open_runner
     from ssprompt.runtime.bench import benchmark
 
     rows, missing, plotted = [], [], []

@@ -163,7 +163,7 @@ def main() -> None:
         return cell([r["after"]["miou"] for r in runs(settings, k)])
 
     k_columns = [f"{k}-shot" for k in shots]
-    lines = header(f"Few-shot mIoU on {args.data} ({args.sam} SAM + {args.clip} CLIP)") + [
+    lines = header(f"Few-shot mIoU on {Path(args.data).name} ({args.sam} SAM + {args.clip} CLIP)") + [
         f"Shots from `{args.split}`, mIoU (%) on all of `{args.val_split}` (void {args.void} ignored), seeds {args.seeds}; "
         f"{args.prompts} spatial prompts, {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr}, "
         f"training labels at short side {args.short_side or 'as stored'}; scored as ssp-eval scores, on the exported "

@@ -96,7 +96,7 @@ class GpuPeak:
         self.enabled = device == "cuda"
         self.torch_rows = torch_rows
         if self.enabled and not torch_rows:
-            from ssprompt.runtime.bench import GpuMemory
+            from ssprompt.runtime.memory import GpuMemory
 
             self.nvml = GpuMemory()
         else:
@@ -134,7 +134,8 @@ def time_batches(call: Callable[[np.ndarray], Outputs], images: np.ndarray, spec
       (dict): per batch (as a string): times_ms, host_peak_rss_mb, gpu_peak_mb.
       (dict): the outputs of each batch size's last timed call: labels as b<batch>, confidence as c<batch>.
     """
-    from ssprompt.runtime.bench import peak_rss_mb, reset_peak_rss, time_calls
+    from ssprompt.runtime.bench import time_calls
+    from ssprompt.runtime.memory import peak_rss_mb, reset_peak_rss
 
     results, labels = {}, {}
     for batch in sorted(spec["batches"]):
@@ -329,7 +330,7 @@ def count_flops(call: Callable[[np.ndarray], Outputs], image: np.ndarray) -> flo
 def runtime_worker(spec: dict) -> dict:
     """Pipeline 1: the exported graph through ssprompt.runtime (no torch in this process), as ssp-bench runs
     it by default: one session per batch size."""
-    from ssprompt.runtime.backends import open_runner
+    from ssprompt.runtime.runner import open_runner
     from ssprompt.runtime.contract import CONFIDENCE, INPUT, LABELS
 
     images = np.load(spec["images"])
@@ -355,7 +356,7 @@ def runtime_worker(spec: dict) -> dict:
 
 def torch_worker(spec: dict) -> dict:
     """Pipelines 2-4 in torch eager."""
-    from ssprompt.runtime.bench import reset_peak_rss
+    from ssprompt.runtime.memory import reset_peak_rss
 
     device, fp16 = spec["device"], spec["precision"] == "fp16"
     images = np.load(spec["images"])

@@ -208,7 +208,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from ssprompt.runtime.backends import open_runner
+    from ssprompt.runtime.runner import open_runner
     from ssprompt.runtime.bench import benchmark
     from ssprompt.runtime.run import segment_files
     from ssprompt.runtime.serve import ServeConfig, build_app

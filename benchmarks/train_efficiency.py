@@ -58,7 +58,7 @@ def measure(args, variant: str) -> dict:
     """Build the model, run warm-up and timed steps of one variant; time and peak memory."""
     import torch
 
-    from ssprompt.runtime.bench import peak_rss_mb, reset_peak_rss, rss_mb
+    from ssprompt.runtime.memory import peak_rss_mb, reset_peak_rss, rss_mb
     from ssprompt.train.backbones import load_backbones
     from ssprompt.train.model import SSPrompt
     from ssprompt.train.features import Features

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ssprompt.runtime.options import POSITIVE, OutputFile, Parsed
+from ssprompt.runtime.options import POSITIVE, OutputFile, Parsed, reported_errors
 
 from .fp16 import KEEP_FP32
 from .int8 import CALIB_IMAGES, CALIBRATION_METHODS, KEEP_FLOAT
@@ -72,24 +72,19 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
                    batch, engine, triton, calib, no_parity, workspace, timing_cache, force, ort_attention, ort_fused) -> None:
     """Bake a prompt pack into one ONNX graph: uint8 image batch in, label map out."""
     from ssprompt.runtime.files import terminate_like_interrupt
-    from ssprompt.train.backbones import BackboneError
-    from ssprompt.train.data import DataError
-    from ssprompt.train.pack import PackError
 
     terminate_like_interrupt()
 
     from .int8 import Int8Config
-    from .pipeline import ExportError, export_pack
+    from .pipeline import export_pack
 
-    try:
+    with reported_errors():
         result = export_pack(
             Path(pack), Path(out), sam_checkpoint, clip_pretrained, fp16, batch, engine, triton,
             Path(calib) if calib else None, not no_parity, force, workspace, Path(timing_cache) if timing_cache else None,
             layout="ort-fused" if ort_fused else "ort-attention" if ort_attention else "graph", keep_fp32=keep_fp32,
             int8=Int8Config(calib_method, keep_float) if int8 else None, calib_images=calib_images, log=click.echo,
         )
-    except (BackboneError, DataError, PackError, ExportError, ValueError, OSError, RuntimeError) as err:
-        raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(f"wrote {result.onnx} ({result.onnx_bytes / 2**20:.1f} MiB) in {result.seconds:.1f} s")
     if result.engine:
         click.echo(f"wrote {result.engine}")

@@ -77,7 +77,7 @@ def onnx_outputs(onnx_path: str | Path, images: np.ndarray, batch: int = 2, prov
 
     float32 on the GPU means float32: TF32 matmuls are switched off for the comparison.
     """
-    from ssprompt.runtime.backends import OnnxRuntimeRunner
+    from ssprompt.runtime.ort_runner import OnnxRuntimeRunner
 
     parts = []
     with OnnxRuntimeRunner(onnx_path, provider, cuda_options={"use_tf32": "0"}) as runner:

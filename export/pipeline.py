@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from ssprompt.runtime.contract import CONTRACT_VERSION, EngineFacts, GraphMetadata
+from ssprompt.runtime.errors import SSPromptError
 from ssprompt.runtime.files import atomic_folder, exclusive, regular_files, remove_stale_temporaries
 from ssprompt.runtime.images import error_reason
 from ssprompt.runtime.preprocess import letterbox
-from ssprompt.runtime.sidecar import PENDING, write_sidecar
+from ssprompt.runtime.sidecar import PENDING, sidecar_path, write_sidecar
 from ssprompt.train.backbones import file_sha256
 from ssprompt.train.pack import Pack
 
@@ -34,7 +35,7 @@ PLAN_FILE = "model.plan"
 BUILD_SCRIPT = "build_engine.sh"  # trtexec, then the sidecar completed (where TensorRT is absent at export)
 
 
-class ExportError(RuntimeError):
+class ExportError(SSPromptError, RuntimeError):
     """The export cannot be completed; one line that says why."""
 
 
@@ -243,7 +244,7 @@ def export_pack(
                 script.chmod(0o755)
                 command = f"sh {shlex.quote(str(out / BUILD_SCRIPT))}"
                 log(f"tensorrt does not import here: build the engine on the target machine with `{command}` "
-                    f"(trtexec, then the build is recorded in {PLAN_FILE}.json)")
+                    f"(trtexec, then the build is recorded in {sidecar_path(out / PLAN_FILE).name})")
 
         triton_configs = []
         if triton:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ssprompt.runtime.contract import INPUT, EngineFacts
+from ssprompt.runtime.errors import ModelError, OptionError
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.gpu import UNKNOWN_GPU, gpu_name
-from ssprompt.runtime.sidecar import SIDECAR_MODULE
+from ssprompt.runtime.sidecar import SIDECAR_MODULE, sidecar_path
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -36,9 +37,9 @@ class BatchRange:
         try:
             lo, opt, hi = (int(v) for v in text.split(":"))
         except ValueError:
-            raise ValueError(f"--batch {text!r}: expected MIN:OPT:MAX, e.g. 1:4:8") from None
+            raise OptionError(f"--batch {text!r}: expected MIN:OPT:MAX, e.g. 1:4:8") from None
         if not 1 <= lo <= opt <= hi:
-            raise ValueError(f"--batch {text!r}: need 1 <= MIN <= OPT <= MAX")
+            raise OptionError(f"--batch {text!r}: need 1 <= MIN <= OPT <= MAX")
         return cls(lo, opt, hi)
 
 
@@ -89,7 +90,7 @@ def build_script(onnx_name: str, plan_name: str, image_size: int, batch: BatchRa
     return "\n".join([
         "#!/bin/sh",
         "# Build the TensorRT engine on the target machine (TensorRT 10 and pip install 'ssprompt[tensorrt]'), then",
-        f"# record in {plan_name}.json what it was built with: ssp-run refuses the engine until then.",
+        f"# record in {sidecar_path(Path(plan_name)).name} what it was built with: ssp-run refuses the engine until then.",
         "set -eu",
         'cd "$(dirname "$0")"',
         command,
@@ -121,7 +122,7 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors))
-        raise RuntimeError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+        raise ModelError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
@@ -137,7 +138,7 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
         f"batch {batch.min}:{batch.opt}:{batch.max}); this takes minutes")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
+        raise ModelError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
     plan_path.write_bytes(memoryview(plan))
     _save_timing_cache(config, timing_cache, log)
     return EngineFacts(trt.__version__, gpu_name() or UNKNOWN_GPU, [batch.min, batch.opt, batch.max], onnx_sha256)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from .backends import BACKENDS
+from .runner import BACKENDS
 from .contract import LABELS
 from .instances import InstanceOptions, PanopticOptions
-from .options import NON_NEGATIVE, POSITIVE, UNIT, FiniteFloat, IntList, OutputFile
-from .segmenter import TASKS
+from .options import NON_NEGATIVE, POSITIVE, UNIT, FiniteFloat, IntList, OutputFile, reported_errors
+from .tasks import TASKS
 
 __all__ = ["run_command", "bench_command", "serve_command", "postprocess_options", "options_from"]
 
@@ -55,13 +55,6 @@ def options_from(opts: dict) -> tuple[InstanceOptions, PanopticOptions]:
     return instance, panoptic
 
 
-def _user_errors():
-    from .backends import ModelError
-    from .images import ImageError
-
-    return (ModelError, ImageError, ValueError, OSError)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
@@ -70,8 +63,8 @@ def _user_errors():
 @click.option("--overlay", "with_overlay", is_flag=True, help="Also write colour overlays.")
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip", show_default=True,
               help="A bad image: report and skip it, or stop the run.")
-@click.option("--task", type=click.Choice(TASKS), default="semantic", show_default=True,
-              help="semantic: label PNGs; instance: COCO results JSON (RLE masks); panoptic: COCO panoptic PNGs + JSON.")
+@click.option("--task", type=click.Choice(list(TASKS)), default="semantic", show_default=True,
+              help="; ".join(f"{task.name}: {task.help}" for task in TASKS.values()) + ".")
 @postprocess_options
 @_backend
 @_provider
@@ -101,7 +94,7 @@ def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend
     except ValueError:
         raise click.BadParameter(f"{actors!r}: expected MIN,MAX such as 1,4", param_hint="--actors") from None
 
-    try:
+    with reported_errors():
         instance_options, panoptic_options = options_from(postprocess)
         arguments = dict(progress=not quiet, log=click.echo, task=task, instance_options=instance_options,
                          panoptic_options=panoptic_options)
@@ -116,8 +109,6 @@ def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend
             cluster = ClusterConfig(None if ray_address == "local" else ray_address, pool, actor_cpus, actor_gpus)
         summary = segment_files(model, list(inputs), out, batch, with_overlay, on_error == "skip", backend, provider,
                                 cluster=cluster, **arguments)
-    except _user_errors() as err:
-        raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(f"{len(summary['images'])} images segmented on {summary['backend']} ({summary['device']}), "
                f"{len(summary['skipped'])} skipped; {Path(out) / 'summary.json'}")
 
@@ -139,9 +130,10 @@ def run_command(model, inputs, out, batch, with_overlay, on_error, task, backend
 @click.option("--quiet", is_flag=True)
 def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, outputs, as_json, markdown, plot, quiet) -> None:
     """Latency p50/p90/p99, images/s, host and GPU peak memory of an exported model, by batch size."""
-    from .backends import open_runner
-    from .bench import benchmark, environment, markdown_table, plot_latency, rows_as_dicts
+    from .bench import benchmark
     from .files import terminate_like_interrupt, write_text_atomic
+    from .report import environment, markdown_table, plot_latency, rows_as_dicts
+    from .runner import open_runner
 
     terminate_like_interrupt()
 
@@ -153,20 +145,15 @@ def bench_command(model, batches, warmup, iters, backend, provider, cuda_graph, 
     def open_batch(batch: int):
         return open_runner(model, backend, provider, batch=batch, cuda_graph=cuda_graph)
 
-    try:
+    with reported_errors():
         rows, runner = benchmark(open_batch, sizes, warmup, iters, outputs=wanted, progress=not (quiet or as_json),
                                  log=lambda note: click.echo(note, err=True))
         info = environment(runner)
-    except _user_errors() as err:
-        raise click.ClickException(" ".join(str(err).split())) from None
-    table = markdown_table(rows, info, command)
-    try:
+        table = markdown_table(rows, info, command)
         if markdown:
             write_text_atomic(markdown, table)
         if plot:
             plot_latency(rows, info, plot)
-    except (RuntimeError, OSError) as err:
-        raise click.ClickException(" ".join(str(err).split())) from None
     click.echo(json.dumps({"environment": info, "rows": rows_as_dicts(rows)}) if as_json else table)
 
 
@@ -202,17 +189,15 @@ def serve_command(model, host, port, replicas, max_batch, batch_wait_ms, cpus_pe
         from ray import serve  # noqa: F401
     except ImportError:
         raise click.ClickException("ssp-serve needs Ray Serve: pip install 'ssprompt[serve]'") from None
-    from .backends import open_runner
+    from .runner import open_runner
     from .segmenter import Segmenter
     from .serve import ServeConfig, run_server
 
-    try:
+    with reported_errors():
         instance_options, panoptic_options = options_from(postprocess)
         with open_runner(model, backend, provider) as runner:  # a bad model fails here, in one line, not in a replica
             Segmenter(runner)
         config = ServeConfig(str(Path(model).resolve()), backend, provider, max_batch, batch_wait_ms, replicas,
                              cpus_per_replica, gpus_per_replica, max_bytes,
                              instance_options, panoptic_options)
-    except _user_errors() as err:
-        raise click.ClickException(" ".join(str(err).split())) from None
     run_server(config, host, port, address, log=click.echo)

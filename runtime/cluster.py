@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OptionError
 from .outputs import TaskSettings
 
 __all__ = ["ClusterConfig", "Resources", "plan_resources", "segment_files_ray", "RECORDS"]
@@ -74,7 +75,7 @@ def plan_resources(cpus: float, gpus: float, config: ClusterConfig = ClusterConf
         most = max(1, min(most, math.floor(gpus / actor_gpus)))
     actors = config.actors or (1, most)
     if actors[0] < 1 or actors[1] < actors[0]:
-        raise ValueError(f"--actors {actors[0]},{actors[1]}: expected MIN,MAX with 1 <= MIN <= MAX")
+        raise OptionError(f"--actors {actors[0]},{actors[1]}: expected MIN,MAX with 1 <= MIN <= MAX")
     # Several actors of one node would each start a pool of every core's threads.
     threads = None if actors[1] == 1 and actor_gpus == 0 else max(1, math.ceil(actor_cpus))
     return Resources(actors, actor_cpus, actor_gpus, task_cpus, threads)
@@ -132,7 +133,8 @@ class _Runner:
     """Runner actor: the graph on each batch of squares; returns the outputs the task reads, row by row."""
 
     def __init__(self, model: str, backend: str, provider: str, task: str, threads: int | None) -> None:
-        from .backends import OnnxRuntimeRunner, open_runner
+        from .ort_runner import OnnxRuntimeRunner
+        from .runner import open_runner
         from .segmenter import Segmenter
 
         self.runner = open_runner(model, backend, provider)
@@ -143,7 +145,7 @@ class _Runner:
         self.task = task
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .segmenter import TASK_OUTPUTS
+        from .tasks import TASKS
 
         good = np.flatnonzero(batch["error"] == "")
         began = time.perf_counter()
@@ -151,7 +153,7 @@ class _Runner:
         seconds = (time.perf_counter() - began) / max(1, len(good))
         rows = len(batch["error"])
         result = {key: value for key, value in batch.items() if key != "square"}
-        for name in TASK_OUTPUTS[self.task]:
+        for name in TASKS[self.task].outputs:
             spec = next(o for o in self.runner.outputs if o.name == name)
             shape = outputs[name].shape[1:] if len(good) else tuple(d if isinstance(d, int) and d > 0 else 1
                                                                      for d in spec.shape[1:])
@@ -172,7 +174,7 @@ def _write(batch: dict[str, np.ndarray], out: str, records: str, meta, settings:
     from .images import read_image
     from .outputs import encode_image
     from .preprocess import Letterbox
-    from .segmenter import task_result
+    from .tasks import TASKS
 
     out, records = Path(out), Path(records)
     done = []
@@ -183,8 +185,8 @@ def _write(batch: dict[str, np.ndarray], out: str, records: str, meta, settings:
         height, width, source_height, source_width = (int(v) for v in batch["placement"][i])
         placement = Letterbox(meta.input_size, height, width, source_height, source_width)
         outputs = {key[len("out_"):]: batch[key][i] for key in batch if key.startswith("out_")}
-        result = task_result(settings.task, outputs, placement, meta.thing_classes, settings.instance_options,
-                             settings.panoptic_options)
+        result = TASKS[settings.task].result(outputs, placement, meta.thing_classes, settings.instance_options,
+                                             settings.panoptic_options)
         image = read_image(str(batch["path"][i])) if settings.with_overlay else None
         encoded = encode_image(meta, settings, result, str(batch["path"][i]), str(batch["stem"][i]),
                                int(batch["image_id"][i]), (source_height, source_width), image)
@@ -216,7 +218,7 @@ def segment_files_ray(model: str | Path, inputs: list[str | Path], out: str | Pa
     """
     import ray
 
-    from .backends import open_runner
+    from .runner import open_runner
     from .images import ImageError, find_images
     from .run import finish_output, prepare_output, unique_names
     from .segmenter import Segmenter

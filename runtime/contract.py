@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from .errors import SSPromptError
+
 __all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "CLASS_PROBS",
            "CONTRACT_VERSION", "METADATA_PREFIX", "PRECISIONS", "Normalization", "GraphMetadata", "EngineFacts",
            "MetadataError", "ContractError", "output_contract", "check_output_specs", "check_outputs"]
@@ -37,7 +39,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 _OPTIONAL = ("engine", "contract_version", "thing_classes", "calibration")  # fields an older graph or sidecar may lack
 
 
-class MetadataError(ValueError):
+class MetadataError(SSPromptError, ValueError):
     """Metadata that is missing, not JSON or of the wrong type; the message names the field."""
 
 
@@ -186,7 +188,7 @@ class GraphMetadata:
                 raise MetadataError("metadata engine.batch is not three positive integers (min, opt, max)")
 
 
-class ContractError(ValueError):
+class ContractError(SSPromptError, ValueError):
     """Graph outputs that break the contract (dtype, shape or values); the message names the output."""
 
 

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import SSPromptError
+
 __all__ = ["TEMPORARY_PREFIX", "NAME_MAX", "atomic_path", "atomic_folder", "write_text_atomic", "write_bytes_atomic",
            "is_temporary", "remove_stale_temporaries", "terminate_like_interrupt", "exclusive", "LockedError",
            "regular_files", "is_regular_file", "cut_name", "WriteError", "file_sha256"]
@@ -69,7 +71,7 @@ def _prefix(name: str) -> str:
     return f"{head}{cut_name(name, room)}."
 
 
-class WriteError(OSError):
+class WriteError(SSPromptError, OSError):
     """A write that failed (a full disk, say); the message is one line naming the file, its errno kept."""
 
     def __str__(self) -> str:

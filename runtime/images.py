@@ -16,13 +16,15 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import SSPromptError
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageError", "brief", "error_reason", "open_image", "read_image", "decode_image",
            "find_images"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
-class ImageError(ValueError):
+class ImageError(SSPromptError, ValueError):
     """An image that cannot be read; the message is one line naming the file."""
 
 

@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .errors import OptionError
 from .preprocess import Letterbox
 
 __all__ = ["InstanceOptions", "PanopticOptions", "Instances", "Panoptic", "prompt_classes", "restore_mask_logits",
@@ -49,8 +50,8 @@ class InstanceOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.nms_iou <= 1.0 or self.top_k < 1 or self.score_threshold < 0:
-            raise ValueError(f"instance options out of range: nms_iou {self.nms_iou} (0..1), top_k {self.top_k} (>= 1), "
-                             f"score_threshold {self.score_threshold} (>= 0)")
+            raise OptionError(f"instance options out of range: nms_iou {self.nms_iou} (0..1), top_k {self.top_k} (>= 1), "
+                              f"score_threshold {self.score_threshold} (>= 0)")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class PanopticOptions:
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.object_threshold <= 1.0 and 0.0 <= self.overlap_threshold <= 1.0):
-            raise ValueError(f"panoptic thresholds must lie in 0..1, got object {self.object_threshold}, "
-                             f"overlap {self.overlap_threshold}")
+            raise OptionError(f"panoptic thresholds must lie in 0..1, got object {self.object_threshold}, "
+                              f"overlap {self.overlap_threshold}")
 
 
 @dataclass

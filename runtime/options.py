@@ -1,19 +1,23 @@
-"""Click option types shared by every command line (ssp-run, ssp-bench, ssp-train, ssp-eval, ssp-synth,
-ssp-pretrain, ssp-export): a bad value is refused while the options are parsed, before anything runs,
-with click's one line and exit status 2. No torch, no onnx here.
+"""Click option types and the error report shared by every command line (ssp-run, ssp-bench, ssp-serve,
+ssp-train, ssp-eval, ssp-synth, ssp-demo, ssp-pretrain, ssp-export): a bad value is refused while the
+options are parsed, before anything runs, with click's one line and exit status 2; an error of the run
+behind them (`reported_errors`) is one line and exit status 1. No torch, no onnx here.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
+from .errors import SSPromptError, one_line
+
 __all__ = ["POSITIVE", "NON_NEGATIVE", "SEED", "LABEL_VALUE", "UNIT", "FiniteFloat", "PositiveFinite", "IntList",
-           "Parsed", "OutputFile", "writable_parent"]
+           "Parsed", "OutputFile", "writable_parent", "reported_errors"]
 
 POSITIVE = click.IntRange(min=1)  # counts: batch sizes, steps, shots, threads, MiB
 NON_NEGATIVE = click.IntRange(min=0)  # warm-up calls, sizes where 0 means "keep"
@@ -111,3 +115,16 @@ class OutputFile(click.Path):
         if problem:
             self.fail(f"cannot write {value}: {problem}.", param, ctx)
         return value
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """The project's errors (SSPromptError) as click's one line and exit status 1; anything else keeps its traceback.
+
+    OSError beside them: the operating system raises it (a missing file, a full disk, a refused permission) with
+    the file in its message, and no project base can be given to it.
+    """
+    try:
+        yield
+    except (SSPromptError, OSError) as err:
+        raise click.ClickException(one_line(err)) from None

@@ -9,17 +9,22 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .backends import open_runner
-from .bench import peak_rss_mb, reset_peak_rss, rss_mb
 from .coco import categories
 from .contract import GraphMetadata
+from .errors import OptionError
 from .files import NAME_MAX, cut_name, exclusive, remove_stale_temporaries, write_bytes_atomic, write_text_atomic
 from .images import ImageError, find_images, read_image
 from .instances import InstanceOptions, PanopticOptions
-from .outputs import TASK_JSON, TaskSettings, encode_image, task_json
+from .memory import peak_rss_mb, reset_peak_rss, rss_mb
+from .outputs import TaskSettings, encode_image, task_json
+from .runner import open_runner
 from .segmenter import Segmenter
+from .tasks import OVERLAY_FOLDER, OVERLAY_KEY, TASKS
+
 # The folders of --out that hold one file an image; never read as input, even where --out is an input folder.
-OUTPUT_FOLDERS = ("labels", "overlays", "panoptic")
+OUTPUT_FOLDERS = (*(task.folder for task in TASKS.values() if task.folder), OVERLAY_FOLDER)
+# The keys of an image's entry in summary.json that name its files.
+_FILE_KEYS = (*(task.file_key for task in TASKS.values() if task.file_key), OVERLAY_KEY)
 # A stem leaves room for a clash's suffix (_12345) and .png within one path component.
 _STEM_BYTES = NAME_MAX - len("_12345.png")
 # One call may take at most this share of the memory available when the run starts.
@@ -58,8 +63,7 @@ def _previous_outputs(out: Path) -> set[Path]:
     """The files an earlier run listed in out/summary.json (nothing if it is unreadable)."""
     try:
         earlier = json.loads((out / "summary.json").read_text())
-        files = {out / record[key] for record in earlier["images"] for key in ("label", "overlay", "panoptic")
-                 if record.get(key)}
+        files = {out / record[key] for record in earlier["images"] for key in _FILE_KEYS if record.get(key)}
         files |= {out / name for name in earlier.get("files", [])}
     except (OSError, ValueError, KeyError, TypeError):
         return set()
@@ -100,7 +104,7 @@ def _write_outputs(out: Path, summary: dict, coco: list[dict], earlier: set[Path
     """The task's JSON (from every image's `coco`), the earlier run's files this one did not rewrite removed, then
     summary.json (last, so that a folder with a summary is a finished one or says it stopped): the folder and its
     summary agree."""
-    name = TASK_JSON[summary["task"]]
+    name = TASKS[summary["task"]].json_file
     if name:
         write_text_atomic(out / name, task_json(summary["task"], coco, summary["categories"]))
         written.add(out / name)
@@ -153,7 +157,7 @@ def segment_files(
       LockedError: another run is writing `out`.
     """
     if batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {batch}")
+        raise OptionError(f"--batch must be at least 1, got {batch}")
     out = Path(out)
     settings = TaskSettings(task, with_overlay, instance_options, panoptic_options)
     if cluster is not None:
@@ -214,7 +218,7 @@ def _summary(model: str | Path, backend: str, device: str, meta: GraphMetadata, 
              skipped: list[dict]) -> dict:
     return {"model": str(model), "backend": backend, "device": device, "precision": meta.precision, "task": task,
             "categories": categories(meta.class_names, meta.thing_classes, meta.palette),
-            "files": [TASK_JSON[task]] if TASK_JSON[task] else [], "images": records, "skipped": skipped}
+            "files": [TASKS[task].json_file] if TASKS[task].json_file else [], "images": records, "skipped": skipped}
 
 
 def _remove_stale_temporaries(out: Path) -> None:

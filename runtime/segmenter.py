@@ -5,23 +5,18 @@ Shapes: B images a batch, H x W an image, S the square input's side, N prompts, 
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-from .backends import ModelError, Runner
-from .contract import (CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, ContractError, GraphMetadata, check_output_specs,
-                       check_outputs)
-from .instances import (InstanceOptions, Instances, Panoptic, PanopticOptions, instances_from_prompts,
-                        panoptic_from_prompts)
-from .postprocess import restore_labels
+from .contract import CLASS_PROBS, INPUT, ContractError, GraphMetadata, check_output_specs, check_outputs
+from .errors import ModelError, OptionError
+from .instances import InstanceOptions, Instances, Panoptic, PanopticOptions
 from .preprocess import Letterbox, letterbox
+from .runner import Runner
+from .tasks import TASKS
 
-__all__ = ["Segmenter", "check_metadata", "image_outputs", "task_result", "TASKS", "TASK_OUTPUTS"]
-
-TASKS = ("semantic", "instance", "panoptic")
-# The graph outputs each task reads.
-TASK_OUTPUTS = {"semantic": (LABELS,), "instance": (MASK_LOGITS, IOU, CLASS_PROBS), "panoptic": (MASK_LOGITS, IOU, CLASS_PROBS)}
+__all__ = ["Segmenter", "check_metadata", "image_outputs"]
 
 
 def check_metadata(runner: Runner) -> GraphMetadata:
@@ -52,8 +47,8 @@ class Segmenter:
     def check_task(self, task: str) -> None:
         """A ModelError where the graph cannot give `task`'s results (an older graph, or no thing classes)."""
         if task not in TASKS:
-            raise ValueError(f"task {task!r}: choose {', '.join(TASKS)}")
-        if task == "semantic":
+            raise OptionError(f"task {task!r}: choose {', '.join(TASKS)}")
+        if CLASS_PROBS not in TASKS[task].outputs:
             return
         if not self.has_instances:
             raise ModelError(f"{self.runner.path}: exported before instance and panoptic outputs (contract version "
@@ -63,7 +58,7 @@ class Segmenter:
         if spec is None or spec.shape[-1] != len(self.class_names):
             raise ModelError(f"{self.runner.path}: metadata says contract version {self.runner.metadata.contract_version} "
                              f"but the graph has no {CLASS_PROBS} output of {len(self.class_names)} classes; re-export it")
-        if task == "instance" and not self.thing_classes:
+        if TASKS[task].needs_things and not self.thing_classes:
             raise ModelError(f"{self.runner.path}: no class is a thing, so there are no instances; mark countable classes "
                              "with [thing] in classes.txt and train again")
 
@@ -72,9 +67,9 @@ class Segmenter:
         return letterbox(image, self.input_size, self.pad_value)
 
     def infer(self, squares: np.ndarray, tasks: Iterable[str]) -> dict[str, np.ndarray]:
-        """The outputs `tasks` read (TASK_OUTPUTS) of one (B, S, S, 3) uint8 batch of prepared images, checked
+        """The outputs `tasks` read (Task.outputs) of one (B, S, S, 3) uint8 batch of prepared images, checked
         against the contract."""
-        names = sorted({name for task in tasks for name in TASK_OUTPUTS[task]})
+        names = sorted({name for task in tasks for name in TASKS[task].outputs})
         outputs = self.runner.infer({INPUT: squares}, names)
         try:
             check_outputs(outputs, self.runner.metadata, len(squares))
@@ -84,12 +79,12 @@ class Segmenter:
 
     def run(self, task: str, images: list[np.ndarray], instance_options: InstanceOptions = InstanceOptions(),
             panoptic_options: PanopticOptions = PanopticOptions()) -> list:
-        """Each image's `task` result at its own size (one batch): prepare, infer, `task_result`."""
+        """Each image's `task` result at its own size (one batch): prepare, infer, Task.result."""
         self.check_task(task)
         boxed = [self.prepare(image) for image in images]
         outputs = self.infer(np.stack([square for square, _ in boxed]), [task])
-        return [task_result(task, image_outputs(outputs, i), placement, self.thing_classes, instance_options,
-                            panoptic_options) for i, (_, placement) in enumerate(boxed)]
+        return [TASKS[task].result(image_outputs(outputs, i), placement, self.thing_classes, instance_options,
+                                   panoptic_options) for i, (_, placement) in enumerate(boxed)]
 
     def segment(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """
@@ -114,24 +109,3 @@ def image_outputs(outputs: dict[str, np.ndarray], index: int) -> dict[str, np.nd
     """Image `index`'s rows of a batch's outputs (the batch axis dropped)."""
     return {name: value[index] for name, value in outputs.items()}
 
-
-def task_result(task: str, outputs: dict[str, np.ndarray], placement: Letterbox, things: Sequence[int],
-                instance_options: InstanceOptions = InstanceOptions(),
-                panoptic_options: PanopticOptions = PanopticOptions()) -> np.ndarray | Instances | Panoptic:
-    """One image's result from its rows of the graph's outputs (`image_outputs`), at the image's size.
-
-    Arguments:
-      outputs: TASK_OUTPUTS[task] by name: (S, S) labels, or (N, M, M) mask logits, (N,) IoU and (N, C) class
-        probabilities.
-      placement: where the image sat in the square input.
-      things: the graph's thing classes.
-
-    Returns:
-      (H, W) class indices (semantic), Instances (instance) or Panoptic (panoptic).
-    """
-    if task == "semantic":
-        return restore_labels(outputs[LABELS], placement)
-    prompts = (outputs[MASK_LOGITS], outputs[IOU], outputs[CLASS_PROBS], things, placement)
-    if task == "instance":
-        return instances_from_prompts(*prompts, instance_options)
-    return panoptic_from_prompts(*prompts, panoptic_options)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OptionError, SSPromptError
 from .instances import InstanceOptions, PanopticOptions
 
 __all__ = ["ServeConfig", "SegmentServer", "build_app", "run_server"]
@@ -50,13 +51,13 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.batch_wait_ms < 0 or self.replicas < 1 or self.max_bytes < 1:
-            raise ValueError(f"--max-batch {self.max_batch} and --replicas {self.replicas} must be at least 1, "
-                             f"--batch-wait-ms {self.batch_wait_ms} at least 0, --max-bytes {self.max_bytes} positive")
+            raise OptionError(f"--max-batch {self.max_batch} and --replicas {self.replicas} must be at least 1, "
+                              f"--batch-wait-ms {self.batch_wait_ms} at least 0, --max-bytes {self.max_bytes} positive")
         if self.cpus_per_replica < 0 or (self.gpus_per_replica or 0) < 0:
-            raise ValueError("--cpus-per-replica and --gpus-per-replica cannot be negative")
+            raise OptionError("--cpus-per-replica and --gpus-per-replica cannot be negative")
 
 
-class RequestError(Exception):
+class RequestError(SSPromptError):
     """A request the server refuses: an HTTP status and one line."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -68,9 +69,10 @@ class SegmentServer:
     """One replica: a runner and its Segmenter, loaded once; requests in, ssp-run's bytes out."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from .backends import open_runner
         from .coco import categories
+        from .runner import open_runner
         from .segmenter import Segmenter
+        from .tasks import TASKS
 
         self.config = config
         self.runner = open_runner(config.model, config.backend, config.provider)
@@ -79,7 +81,7 @@ class SegmentServer:
         self.meta = self.runner.metadata
         self.categories = categories(self.meta.class_names, self.meta.thing_classes, self.meta.palette)
         self.tasks = []
-        for task in ("semantic", "instance", "panoptic"):
+        for task in TASKS:
             try:
                 self.segmenter.check_task(task)
                 self.tasks.append(task)
@@ -144,7 +146,7 @@ class SegmentServer:
 
     def _query(self, request) -> tuple[str, str, int]:
         from .images import brief
-        from .segmenter import TASKS
+        from .tasks import TASKS
 
         query = request.query_params
         task, name = query.get("task", "semantic"), query.get("name", "image.png")
@@ -172,20 +174,22 @@ class SegmentServer:
         return image, *self.segmenter.prepare(image)
 
     def _answer(self, task: str, name: str, image_id: int, image: np.ndarray, outputs: dict, placement) -> tuple[bytes, str]:
-        from .outputs import TaskSettings, encode_image, task_json
-        from .segmenter import task_result
+        """What ssp-run writes for the image: the task's PNG (semantic), its JSON (instance), or its JSON with the
+        PNG in it, base64 (panoptic)."""
+        from .outputs import TaskSettings, encode_image
+        from .tasks import TASKS
 
-        config = self.config
-        result = task_result(task, outputs, placement, self.meta.thing_classes, config.instance_options,
+        config, spec = self.config, TASKS[task]
+        result = spec.result(outputs, placement, self.meta.thing_classes, config.instance_options,
                              config.panoptic_options)
         encoded = encode_image(self.meta, TaskSettings(task, False, config.instance_options, config.panoptic_options),
                                result, name, Path(name).stem, image_id, image.shape[:2])
-        if task == "semantic":
-            return encoded.files[encoded.record["label"]], "image/png"
-        if task == "instance":
-            return task_json(task, encoded.coco, self.categories).encode(), "application/json"
-        answer = json.loads(task_json(task, encoded.coco, self.categories))
-        answer["png"] = base64.b64encode(encoded.files[encoded.record["panoptic"]]).decode("ascii")
+        picture = encoded.files[encoded.record[spec.file_key]] if spec.file_key else None
+        if spec.collect is None:
+            return picture, "image/png"
+        answer = spec.collect(encoded.coco, self.categories)
+        if picture is not None:
+            answer["png"] = base64.b64encode(picture).decode("ascii")
         return json.dumps(answer).encode(), "application/json"
 
     async def segment(self, request):

@@ -17,8 +17,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .backends import ModelError
 from .contract import EngineFacts, GraphMetadata
+from .errors import ModelError, SSPromptError, one_line
 from .files import file_sha256, write_text_atomic
 from .gpu import UNKNOWN_GPU, gpu_name
 from .images import error_reason
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print(f"{plan}: the tensorrt package does not import here (pip install 'ssprompt[tensorrt]')", file=sys.stderr)
         return 1
-    except (ModelError, OSError) as err:
-        print(" ".join(str(err).split()), file=sys.stderr)
+    except (SSPromptError, OSError) as err:  # OSError: the plan or graph unreadable; it names the file
+        print(one_line(err), file=sys.stderr)
         return 1
     print(f"{sidecar_path(plan)}: TensorRT {facts.tensorrt_version} on {facts.gpu}")
     return 0

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .backends import ModelError, Runner, TensorSpec
+from .errors import ModelError, OptionError
 from .gpu import gpu_name
+from .runner import Runner, TensorSpec
 from .sidecar import check_sidecar, read_sidecar
 
 if TYPE_CHECKING:
@@ -106,19 +107,19 @@ class TensorRTRunner(Runner):
         names = output_names if outputs is None else list(outputs)
         unknown = [n for n in names if n not in output_names]
         if unknown:
-            raise ValueError(f"{self.path}: no output named {', '.join(unknown)}; outputs are "
-                             f"{', '.join(spec.name for spec in self.outputs)}")
+            raise OptionError(f"{self.path}: no output named {', '.join(unknown)}; outputs are "
+                              f"{', '.join(spec.name for spec in self.outputs)}")
         batch = next(iter(feed.values())).shape[0]
         if not self.min_batch <= batch <= self.max_batch:
-            raise ValueError(f"{self.path}: batch {batch} is outside the engine's profile, {self.min_batch} to "
-                             f"{self.max_batch} (export it again with --batch MIN:OPT:MAX)")
+            raise OptionError(f"{self.path}: batch {batch} is outside the engine's profile, {self.min_batch} to "
+                              f"{self.max_batch} (export it again with --batch MIN:OPT:MAX)")
         for name, array in feed.items():
             device, host = self._buffers[name]
             view = host.array[: array.shape[0]]
             view[...] = array
             if not context.set_input_shape(name, array.shape):
-                raise ValueError(f"{self.path}: TensorRT refuses input {name} of shape {array.shape} (the engine's profile "
-                                 f"takes batches of {self.min_batch} to {self.max_batch})")
+                raise OptionError(f"{self.path}: TensorRT refuses input {name} of shape {array.shape} (the engine's profile "
+                                  f"takes batches of {self.min_batch} to {self.max_batch})")
             device.copy_from_host(view, stream)
         for name, (device, _) in self._buffers.items():
             context.set_tensor_address(name, device.ptr)

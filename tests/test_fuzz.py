@@ -188,7 +188,8 @@ _MODEL_WORKER = r"""
 import json, sys
 from pathlib import Path
 import numpy as np
-from ssprompt.runtime.backends import ModelError, open_runner
+from ssprompt.runtime.runner import open_runner
+from ssprompt.runtime.errors import ModelError
 from ssprompt.runtime.contract import INPUT, LABELS
 from ssprompt.runtime.segmenter import check_metadata
 for line in sys.stdin:

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ssprompt.runtime.errors import SSPromptError
 from ssprompt.runtime.files import file_sha256  # noqa: F401 - imported from here by train and export
 from ssprompt.runtime.images import error_reason
 
@@ -54,7 +55,7 @@ SAM_CHECKPOINT_FILES = {
 }
 
 
-class BackboneError(RuntimeError):
+class BackboneError(SSPromptError, RuntimeError):
     """A backbone cannot be built or loaded; the message is one line saying what to do."""
 
 

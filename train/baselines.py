@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ssprompt.runtime.errors import OptionError
+
 from .backbones import BackboneError
 
 __all__ = ["embed_points", "CoOpTextEncoder"]
@@ -61,7 +63,7 @@ class CoOpTextEncoder(nn.Module):
                 init_tokens = tokenizer([init]).to(device)[0]
                 count = int((init_tokens != 0).sum()) - 2  # without SOT and EOT
                 if count < 1:
-                    raise ValueError(f"--coop-init {init!r} gives no context token")
+                    raise OptionError(f"--coop-init {init!r} gives no context token")
                 context = clip.token_embedding(init_tokens[1:1 + count])  # (M, W)
             else:
                 count = context_tokens

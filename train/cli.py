@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from ssprompt.runtime.cli import options_from, postprocess_options
-from ssprompt.runtime.options import LABEL_VALUE, POSITIVE, SEED, FiniteFloat, OutputFile, Parsed, PositiveFinite
+from ssprompt.runtime.options import (LABEL_VALUE, POSITIVE, SEED, FiniteFloat, OutputFile, Parsed, PositiveFinite,
+                                      reported_errors)
 
 from .config import ModelConfig, TrainConfig
 from .prompts import PROMPT_SOURCES
@@ -33,25 +34,12 @@ def _square(text: str) -> int:
     return count
 
 
-def _user_errors():
-    """Exception types that are the user's input, reported as one line and a non-zero exit."""
-    from ssprompt.runtime.backends import ModelError
-
-    from .backbones import BackboneError
-    from .data import DataError
-    from .pack import PackError
-
-    return (BackboneError, DataError, PackError, ModelError, OSError, ValueError)
-
-
 def _run(job):
     from ssprompt.runtime.files import terminate_like_interrupt
 
     terminate_like_interrupt()
-    try:
+    with reported_errors():
         return job()
-    except _user_errors() as err:
-        raise click.ClickException(str(err)) from None
 
 
 def _format_metrics(title: str, metrics: dict | None) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ssprompt.runtime import images as runtime_images
+from ssprompt.runtime.errors import SSPromptError
 from ssprompt.runtime.files import regular_files
 from ssprompt.runtime.images import IMAGE_EXTENSIONS, error_reason
 from ssprompt.runtime.postprocess import resize_label
@@ -80,7 +81,7 @@ _EXIF_ORIENTATION = 0x0112
 _LABEL_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-class DataError(ValueError):
+class DataError(SSPromptError, ValueError):
     """Bad input data.
 
     ``str(err)`` is one line naming the offending file or folder and what is wrong.

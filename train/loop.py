@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ssprompt.runtime.errors import OptionError
+
 from .config import TrainConfig
 from .features import Features
 from .model import SSPrompt
@@ -128,7 +130,7 @@ def train_prompts(
     """
     params = model.learnable_parameters()
     if not params:
-        raise ValueError("nothing to learn: both spatial and semantic learning are switched off")
+        raise OptionError("nothing to learn: both spatial and semantic learning are switched off")
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     elif config.optimizer == "adamw":
@@ -194,8 +196,8 @@ def train_prompts(
 
         loss = segmentation_loss(model, batch, void=config.void)
         if not torch.isfinite(loss):
-            raise ValueError(f"training diverged: loss {loss.item()} at step {step + 1} of {total}; nothing written "
-                             f"(lower --lr, now {config.lr:g})")
+            raise OptionError(f"training diverged: loss {loss.item()} at step {step + 1} of {total}; nothing written "
+                              f"(lower --lr, now {config.lr:g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ssprompt.runtime.errors import SSPromptError
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.images import brief
 
@@ -31,7 +32,7 @@ PACK_FORMAT_VERSION = 3  # 3: entries named by what they hold, learnables by the
 _READABLE_VERSIONS = (1, 2, 3)
 
 
-class PackError(ValueError):
+class PackError(SSPromptError, ValueError):
     """A pack file that cannot be used; the message is one line naming the file."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ssprompt.runtime.errors import OptionError
 from ssprompt.runtime.instances import InstanceOptions, PanopticOptions
 from ssprompt.runtime.palette import default_palette
 
@@ -31,9 +32,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        raise OptionError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device here")
+        raise OptionError(f"--device {name}: no CUDA device here")
     return device
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 import click
 
-from ssprompt.runtime.options import POSITIVE, SEED, OutputFile
+from ssprompt.runtime.options import POSITIVE, SEED, OutputFile, reported_errors
 from tqdm import tqdm
 
 from .world import COLOURS, SHAPES, Scene, Thing, caption, draw_things, pretraining_scene
@@ -331,7 +331,5 @@ def pretrain_command(out, seed, threads, sam_steps, clip_steps, quiet) -> None:
 
     terminate_like_interrupt()
     config = PretrainConfig(seed=seed, threads=threads, sam_steps=sam_steps, clip_steps=clip_steps)
-    try:
+    with reported_errors():
         pretrain(config, out, progress=not quiet, log=click.echo)
-    except (OSError, ValueError) as err:  # a full disk, a folder that cannot be made: one line, exit 1
-        raise click.ClickException(" ".join(str(err).split())) from None

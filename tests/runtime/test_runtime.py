@@ -8,7 +8,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from ssprompt.runtime.backends import ModelError, OnnxRuntimeRunner, open_runner
+from ssprompt.runtime.ort_runner import OnnxRuntimeRunner
+from ssprompt.runtime.runner import open_runner
+from ssprompt.runtime.errors import ModelError
 from ssprompt.runtime.sidecar import check_sidecar
 from ssprompt.runtime.cli import bench_command, run_command
 from ssprompt.runtime.contract import INPUT, LABELS, MASK_LOGITS
@@ -182,9 +184,9 @@ def test_requested_gpu_provider_that_is_absent_falls_back_in_one_line(onnx_model
 def test_tensorrt_provider_is_never_requested_where_its_libraries_do_not_load(onnx_model, monkeypatch):
     import onnxruntime as ort
 
-    from ssprompt.runtime import backends
+    from ssprompt.runtime import ort_runner
 
-    monkeypatch.setattr(backends, "tensorrt_libraries_load", lambda: False)
+    monkeypatch.setattr(ort_runner, "tensorrt_libraries_load", lambda: False)
     available = ort.get_available_providers()
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", *available])
     requested = []
@@ -246,7 +248,7 @@ def test_benchmark_opens_one_runner_per_batch_size(onnx_model):
         opened.append(batch)
         return open_runner(onnx_model, batch=batch)
 
-    from ssprompt.runtime.bench import GpuMemory
+    from ssprompt.runtime.memory import GpuMemory
 
     rows, _ = benchmark(open_batch, [1, 2], warmup=0, iters=1, progress=False)
     assert opened == [1, 2] and [r.batch for r in rows] == [1, 2]

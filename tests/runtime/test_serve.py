@@ -96,7 +96,7 @@ def test_bad_requests_get_4xx_with_ssp_runs_message_and_the_replica_goes_on(serv
 
 
 def test_metadata_and_health(server, exported_onnx):
-    from ssprompt.runtime.backends import open_runner
+    from ssprompt.runtime.runner import open_runner
 
     with open_runner(exported_onnx) as runner:
         meta = runner.metadata

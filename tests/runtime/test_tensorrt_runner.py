@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ssprompt.runtime import cuda, tensorrt_runner
-from ssprompt.runtime.backends import ModelError, open_runner
+from ssprompt.runtime.runner import open_runner
+from ssprompt.runtime.errors import ModelError
 from ssprompt.runtime.contract import EngineFacts, GraphMetadata, Normalization
 from ssprompt.runtime.sidecar import PENDING, write_sidecar
 

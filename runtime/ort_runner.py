@@ -1,37 +1,19 @@
-"""Engine runners: one small interface over ONNX Runtime and TensorRT 10 (no torch).
-
-A runner loads a model file, checks inputs against the model's own I/O description and
-returns outputs as a name → array dict:
-
-    with open_runner("model.onnx") as runner:
-        outputs = runner.infer({INPUT: batch})
-
-The TensorRT runner lives in tensorrt_runner.py; TensorRT and the CUDA bindings are imported only when it activates.
-"""
+"""The ONNX Runtime runner: the best available execution provider (TensorRT, CUDA, CPU), or the one asked for."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .contract import BATCH_AXIS, GraphMetadata, MetadataError
+from .errors import ModelError, OptionError
 from .images import error_reason
+from .runner import Runner, TensorSpec
 
-__all__ = [
-    "ModelError",
-    "TensorSpec",
-    "Runner",
-    "OnnxRuntimeRunner",
-    "open_runner",
-    "BACKENDS",
-    "tensorrt_libraries_load",
-    "ENGINE_SUFFIXES",
-]
+__all__ = ["OnnxRuntimeRunner", "tensorrt_libraries_load", "ORT_PROVIDERS"]
 
-ENGINE_SUFFIXES = (".plan", ".engine")
 ORT_PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -56,67 +38,6 @@ def tensorrt_libraries_load() -> bool:
     except OSError:
         return False
     return True
-
-
-class ModelError(RuntimeError):
-    """A model or engine that cannot be used here; one line naming the file and what to do."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str  # tensor name in the graph
-    dtype: np.dtype  # element type
-    shape: tuple  # dims; -1 or a string where dynamic
-
-
-class Runner:
-    """activate → infer (any number of times) → deactivate; or use it as a context manager."""
-
-    backend = "abstract"
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.inputs: list[TensorSpec] = []
-        self.outputs: list[TensorSpec] = []
-        self.metadata: GraphMetadata | None = None  # None for a model that carries none of ours
-        self.device = "cpu"  # what actually runs the model, in words
-        self.notes: list[str] = []  # one line each: a provider that was asked for but did not run, and why
-
-    def activate(self) -> None:
-        raise NotImplementedError
-
-    def deactivate(self) -> None:
-        pass
-
-    def infer(self, feed: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Run one batch; returns the outputs named in `outputs` (all by default) as host arrays."""
-        raise NotImplementedError
-
-    def __enter__(self) -> "Runner":
-        self.activate()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.deactivate()
-
-    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
-        """Raise ValueError unless `feed` names every input with the right dtype and rank."""
-        expected = {spec.name: spec for spec in self.inputs}
-        if set(feed) != set(expected):
-            raise ValueError(f"{self.path}: inputs are {sorted(expected)}, got {sorted(feed)}")
-        for name, array in feed.items():
-            spec = expected[name]
-            if array.dtype != spec.dtype or array.ndim != len(spec.shape):
-                raise ValueError(
-                    f"{self.path}: input {name} must be {spec.dtype} with {len(spec.shape)} dims {spec.shape}, "
-                    f"got {array.dtype} {array.shape}"
-                )
-            for got, want in zip(array.shape, spec.shape):
-                if isinstance(want, int) and want >= 0 and got != want:
-                    raise ValueError(f"{self.path}: input {name} must have shape {spec.shape}, got {array.shape}")
-
-
-# --------------------------------------------------------------------------- ONNX Runtime
 
 
 _ORT_TYPES = {
@@ -147,9 +68,9 @@ class OnnxRuntimeRunner(Runner):
                  cuda_options: dict[str, str] | None = None) -> None:
         super().__init__(path)
         if provider != "auto" and provider not in ORT_PROVIDERS:
-            raise ValueError(f"--provider {provider!r}: choose auto, {', '.join(ORT_PROVIDERS)}")
+            raise OptionError(f"--provider {provider!r}: choose auto, {', '.join(ORT_PROVIDERS)}")
         if batch is not None and batch < 1:
-            raise ValueError(f"batch must be at least 1, got {batch}")
+            raise OptionError(f"batch must be at least 1, got {batch}")
         self.provider = provider
         self.batch = batch
         self.fixed_batch: int | None = None  # the batch the session was built for, where it fixed one
@@ -272,7 +193,7 @@ class OnnxRuntimeRunner(Runner):
         names = [o.name for o in self.outputs] if outputs is None else list(outputs)
         unknown = [n for n in names if n not in {o.name for o in self.outputs}]
         if unknown:
-            raise ValueError(f"{self.path}: no output named {', '.join(unknown)}; outputs are {', '.join(o.name for o in self.outputs)}")
+            raise OptionError(f"{self.path}: no output named {', '.join(unknown)}; outputs are {', '.join(o.name for o in self.outputs)}")
         try:
             if self.cuda_graph:
                 failed = self._capture_failure(feed, names)
@@ -338,32 +259,3 @@ class OnnxRuntimeRunner(Runner):
     def deactivate(self) -> None:
         self._binding = None
         self.session = None
-
-
-def _tensorrt_runner(path: Path) -> Runner:
-    from .tensorrt_runner import TensorRTRunner  # it builds on this module's Runner
-
-    return TensorRTRunner(path)
-
-
-def open_runner(path: str | Path, backend: str = "auto", provider: str = "auto", batch: int | None = None,
-                cuda_graph: bool = False) -> Runner:
-    """A runner for `path`: TensorRT for .plan / .engine files, ONNX Runtime for .onnx (or as asked).
-
-    `cuda_graph` with `batch`: ONNX Runtime's CUDA provider replays calls of that batch size as a
-    CUDA graph (see OnnxRuntimeRunner); a TensorRT engine takes any batch of its profile.
-    """
-    path = Path(path)
-    if backend == "auto":
-        backend = "tensorrt" if path.suffix.lower() in ENGINE_SUFFIXES else "onnxruntime"
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
-    return BACKENDS[backend](path, provider, batch, cuda_graph)
-
-
-# A new backend plugs in here: name -> builder(path, provider, batch, cuda_graph) of a Runner
-# (activate / infer / deactivate); ssp-run and ssp-bench offer every name as --backend.
-BACKENDS = {
-    "tensorrt": lambda path, provider, batch, cuda_graph: _tensorrt_runner(path),
-    "onnxruntime": OnnxRuntimeRunner,
-}
