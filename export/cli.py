@@ -73,7 +73,7 @@ def export_command(pack, sam_checkpoint, clip_pretrained, out, fp16, keep_fp32, 
     """Bake a prompt pack into one ONNX graph: uint8 image batch in, label map out."""
     from ssprompt.runtime.files import terminate_like_interrupt
     from ssprompt.train.backbones import BackboneError
-    from ssprompt.train.data import DataError
+    from ssprompt.train.data.folder import DataError
     from ssprompt.train.pack import PackError
 
     terminate_like_interrupt()

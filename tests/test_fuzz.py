@@ -24,7 +24,9 @@ import torch
 from PIL import Image
 
 from ssprompt.runtime.images import ImageError, read_image
-from ssprompt.train.data import DataError, open_folder, read_label
+from ssprompt.train.data.folder import DataError
+from ssprompt.train.data.layouts import open_folder
+from ssprompt.train.data.reading import read_label
 from ssprompt.train.pack import PackError, load_pack
 
 SEED = 20261126

@@ -38,7 +38,7 @@ def _user_errors():
     from ssprompt.runtime.backends import ModelError
 
     from .backbones import BackboneError
-    from .data import DataError
+    from .data.folder import DataError
     from .pack import PackError
 
     return (BackboneError, DataError, PackError, ModelError, OSError, ValueError)

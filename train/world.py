@@ -25,7 +25,7 @@ from PIL import Image
 
 from ssprompt.runtime.files import write_text_atomic
 
-from .data import THING_MARKER
+from .data.classes import THING_MARKER
 from .synthetic import GENERATED_SETTINGS, _dilate, _shape_mask, check_generated
 
 __all__ = [

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssprompt.train.data import class_presence, open_folder, read_image, read_label, sample_k_shot
+from ssprompt.train.data.layouts import open_folder
+from ssprompt.train.data.reading import read_image, read_label
+from ssprompt.train.data.sampling import class_presence, sample_k_shot
 from ssprompt.train.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 

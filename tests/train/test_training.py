@@ -7,7 +7,8 @@ from click.testing import CliRunner
 from ssprompt.train.cache import FeatureCache
 from ssprompt.train.cli import eval_command, train_command
 from ssprompt.train.config import ModelConfig, TrainConfig
-from ssprompt.train.data import open_folder, sample_k_shot
+from ssprompt.train.data.layouts import open_folder
+from ssprompt.train.data.sampling import sample_k_shot
 from ssprompt.train.model import SSPrompt
 from ssprompt.train.pipeline import train_pack
 from ssprompt.train import loop
