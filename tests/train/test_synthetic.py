@@ -108,8 +108,10 @@ def test_existing_folder_with_other_classes_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "other"
     root.mkdir()
     (root / "classes.txt").write_text("sky\nroad\n")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"other: exists and is not a synthetic dataset \(no classes.txt listing "
+                                              r"background, red disc, green square, blue triangle\)"):
         make_synthetic(root)
+    assert (root / "classes.txt").read_text() == "sky\nroad\n"
 
 
 def test_empty_existing_folder_is_filled(tmp_path: Path) -> None:
