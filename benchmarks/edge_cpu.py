@@ -75,7 +75,8 @@ def world_miou(onnx: Path, pack: Path) -> float:
     """mIoU (%) of the graph's label maps on the pack's held-out split, as ssp-eval scores it."""
     from ssprompt.runtime.runner import open_runner
     from ssprompt.runtime.segmenter import Segmenter
-    from ssprompt.train.data import open_folder, read_image, read_label
+    from ssprompt.train.data.layouts import open_folder
+    from ssprompt.train.data.reading import read_image, read_label
     from ssprompt.train.metrics import confusion_matrix, metrics_from_confusion
     from ssprompt.train.pack import load_pack
 

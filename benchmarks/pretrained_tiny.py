@@ -31,7 +31,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     from ssprompt.train.backbones import build_clip, build_sam, shipped_tiny_weights
-    from ssprompt.train.pretrain import crop_accuracy, prompted_iou, prompted_masks
+    from ssprompt.train.pretrain_eval import crop_accuracy, prompted_iou, prompted_masks
     from ssprompt.train.world import TEXTURES, pretraining_scene, task_scene
 
     args = parse_args()

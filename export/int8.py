@@ -84,7 +84,8 @@ def calibration_files(calib: Path | None, train_config: dict) -> tuple[list[Path
     Raises:
       ValueError: no candidates (the message says where it looked).
     """
-    from ssprompt.train.data import IMAGE_EXTENSIONS, open_folder
+    from ssprompt.runtime.images import IMAGE_EXTENSIONS
+    from ssprompt.train.data.layouts import open_folder
 
     data, split, val_split = train_config.get("data"), train_config.get("split"), train_config.get("val_split")
     evaluation: list[Path] = []
@@ -114,7 +115,7 @@ def calibration_set(files: list[Path], image_size: int, pad_value, forbidden: li
       ValueError: a calibration file is an evaluation image (the message names both).
     """
     from ssprompt.runtime.preprocess import letterbox
-    from ssprompt.train.data import read_image
+    from ssprompt.train.data.reading import read_image
 
     digests = [_file_digest(p) for p in files]
     held_out = {p.resolve(): p for p in forbidden}

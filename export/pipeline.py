@@ -74,7 +74,8 @@ def graph_metadata(model, pack: Pack, pack_path: Path, precision: str) -> GraphM
 
 def calibration_images(image_size: int, pad_value, calib: Path | None, count: int = 4) -> np.ndarray:
     """K x S x S x 3 letterboxed images: the first `count` of `calib`, or generated scenes."""
-    from ssprompt.train.data import IMAGE_EXTENSIONS, read_image
+    from ssprompt.runtime.images import IMAGE_EXTENSIONS
+    from ssprompt.train.data.reading import read_image
 
     if calib is not None:
         if not Path(calib).is_dir():

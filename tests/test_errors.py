@@ -16,7 +16,7 @@ from ssprompt.runtime.files import LockedError, WriteError
 from ssprompt.runtime.images import ImageError
 from ssprompt.runtime.serve import RequestError
 from ssprompt.train.backbones import BackboneError
-from ssprompt.train.data import DataError
+from ssprompt.train.data.folder import DataError
 from ssprompt.train.pack import PackError
 
 # Each error class, with the builtin base its callers catch (None: the project base alone).

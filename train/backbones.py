@@ -31,6 +31,7 @@ __all__ = [
     "SAM_BUILDERS",
     "SAM_CHECKPOINT_FILES",
     "TINY_WEIGHT_FILES",
+    "seeded_build",
     "shipped_tiny_weights",
     "build_sam",
     "build_clip",
@@ -148,7 +149,8 @@ SAM_BUILDERS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+def seeded_build(build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()` under the fixed initialisation seed, the caller's torch random state left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_INIT_SEED)
         return build()
@@ -191,9 +193,9 @@ def build_sam(sam_type: str, checkpoint: str | Path | None = None, random_weight
             "(segment-anything release) and pass it with --sam-checkpoint FILE"
         )
     if checkpoint is None:
-        sam = _seeded(_build_tiny_sam_calibrated if sam_type == "tiny" else SAM_BUILDERS[sam_type])
+        sam = seeded_build(_build_tiny_sam_calibrated if sam_type == "tiny" else SAM_BUILDERS[sam_type])
         return freeze(sam), weights_sha256(sam)
-    sam = _seeded(SAM_BUILDERS[sam_type])
+    sam = seeded_build(SAM_BUILDERS[sam_type])
     path = Path(checkpoint)
     if not path.is_file():
         raise BackboneError(f"{path}: SAM checkpoint not found (expected {SAM_CHECKPOINT_FILES.get(sam_type, 'a .pth file')})")
@@ -266,7 +268,7 @@ def build_clip(name: str, pretrained: str | Path | None = None, random_weights: 
             logging.disable(logging.NOTSET)
 
     try:
-        model = _seeded(build)
+        model = seeded_build(build)
     except Exception as err:  # torch / safetensors raise several types for a bad file
         raise BackboneError(f"{pretrained}: cannot load CLIP {name} weights ({error_reason(err)})") from None
     tokenizer = open_clip.get_tokenizer(model_name)

@@ -13,13 +13,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssprompt.runtime.postprocess import resize_label
 from ssprompt.runtime.preprocess import letterbox
 
 from .cache import FeatureCache
-from .data import SegmentationFolder, read_image, read_label, resize_label, short_side_size
+from .data.folder import SegmentationFolder
+from .data.reading import read_image, read_label
 from .model import SSPrompt
 
-__all__ = ["Features", "encoder_identity", "encode_folder"]
+__all__ = ["Features", "encoder_identity", "encode_folder", "short_side_size"]
 
 
 @dataclass
@@ -94,3 +96,21 @@ def encode_folder(
         out.append(per_image)
         bar.set_postfix(cached=cache.hits, computed=cache.misses)
     return out
+
+
+def short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """Size with the shorter side scaled to ``short``, aspect ratio kept.
+
+    Arguments:
+        height: input height.
+        width: input width.
+        short: target length of the shorter side.
+
+    Returns:
+        (H, W); the longer side is rounded half up and at least 1.
+    """
+    if height < 1 or width < 1 or short < 1:
+        raise ValueError(f"sizes must be positive, got height={height} width={width} short={short}")
+    if height <= width:
+        return short, max(1, int(width * short / height + 0.5))
+    return max(1, int(height * short / width + 0.5)), short

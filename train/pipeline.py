@@ -15,7 +15,9 @@ from ssprompt.runtime.palette import default_palette
 from .backbones import BackboneError, load_backbones
 from .cache import FeatureCache, default_cache_dir
 from .config import ModelConfig, TrainConfig, config_from_dict
-from .data import class_presence, open_folder, read_instances, sample_k_shot
+from .data.layouts import open_folder
+from .data.reading import read_instances
+from .data.sampling import class_presence, sample_k_shot
 from .model import SSPrompt
 from .pack import Pack, PackError, build_pack, check_pack_fits, load_pack, save_pack
 from .prompts import PROMPT_SOURCES

@@ -32,9 +32,9 @@ import click
 from ssprompt.runtime.options import POSITIVE, SEED, OutputFile, reported_errors
 from tqdm import tqdm
 
-from .world import COLOURS, SHAPES, Scene, Thing, caption, draw_things, pretraining_scene
+from .world import Thing, caption, draw_things, pretraining_scene
 
-__all__ = ["PretrainConfig", "pretrain_sam", "pretrain_clip", "pretrain", "pretrain_command", "prompted_masks", "prompted_iou", "crop_accuracy"]
+__all__ = ["PretrainConfig", "crop_around", "decode_points", "pretrain", "pretrain_clip", "pretrain_command", "pretrain_sam"]
 
 
 @dataclass
@@ -99,7 +99,7 @@ def _mask_losses(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     return (pixel + dice).mean()
 
 
-def _decode_points(sam: nn.Module, embedding: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_points(sam: nn.Module, embedding: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """SAM's single mask for each point on one image.
 
     Arguments:
@@ -119,10 +119,10 @@ def _decode_points(sam: nn.Module, embedding: torch.Tensor, points: torch.Tensor
 
 def pretrain_sam(config: PretrainConfig, progress: bool = True) -> tuple[nn.Module, list[float]]:
     """Train the tiny SAM from its seeded initialisation; returns it (train mode off) and the losses."""
-    from .backbones import SAM_BUILDERS, _seeded
+    from .backbones import SAM_BUILDERS, seeded_build
 
     torch.manual_seed(config.seed)
-    sam = _seeded(SAM_BUILDERS["tiny"])
+    sam = seeded_build(SAM_BUILDERS["tiny"])
     side = sam.image_encoder.img_size
     mask_side = 4 * sam.prompt_encoder.image_embedding_size[0]
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.sam_lr, weight_decay=0.01)
@@ -136,7 +136,7 @@ def pretrain_sam(config: PretrainConfig, progress: bool = True) -> tuple[nn.Modu
         embeddings = sam.image_encoder((images - sam.pixel_mean) / sam.pixel_std)  # (B, E, h, w)
         loss = 0.0
         for i in range(images.shape[0]):
-            logits, iou = _decode_points(sam, embeddings[i:i + 1], points[i])  # (P, M, M), (P,)
+            logits, iou = decode_points(sam, embeddings[i:i + 1], points[i])  # (P, M, M), (P,)
             target, keep = (targets[i] > 0.5).float(), valid[i]
             with torch.no_grad():
                 hard = (logits > 0).float() * keep
@@ -159,7 +159,7 @@ def _templates() -> list[str]:
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 
-def _crop(image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Generator, side: int) -> np.ndarray:
+def crop_around(image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Generator, side: int) -> np.ndarray:
     """A square crop around a box, the box filling 40-90 % of its side, resized to side x side."""
     x0, y0, w, h = box
     height, width = image.shape[:2]
@@ -189,7 +189,7 @@ def _clip_batch(rng: np.random.Generator, config: PretrainConfig, side: int, tem
     for _ in range(config.clip_scenes):
         scene = pretraining_scene(rng, (128, 128))
         for thing in scene.things:
-            images.append(_crop(scene.image, thing.box, rng, side))
+            images.append(crop_around(scene.image, thing.box, rng, side))
             words = caption(thing) if rng.random() < 0.5 else thing.name
             captions.append(words)
         empty = draw_things((side, side), [], rng)
@@ -272,49 +272,6 @@ def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True, log
             f"{path} ({record[name]['bytes'] / 2**20:.1f} MiB, sha256 {record[name]['sha256'][:12]})")
     write_text_atomic(out / "tiny.json", json.dumps(record, indent=2) + "\n")
     return record
-
-
-@torch.no_grad()
-def prompted_masks(sam: nn.Module, scene: Scene) -> list[tuple[tuple[int, int], np.ndarray]]:
-    """SAM's single mask for a point at each thing's most interior pixel: [((x, y), (H, W) bool mask)] in thing order."""
-    image = torch.from_numpy(scene.image).permute(2, 0, 1)[None].float()  # (1, 3, S, S)
-    embedding = sam.image_encoder((image - sam.pixel_mean) / sam.pixel_std)
-    results = []
-    for index in range(1, len(scene.things) + 1):
-        ys, xs = np.nonzero(scene.instances == index)
-        centre = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
-        logits, _ = _decode_points(sam, embedding, torch.tensor([[xs[centre] + 0.5, ys[centre] + 0.5]]))  # (1, M, M)
-        mask = F.interpolate(logits[None], size=scene.instances.shape, mode="bilinear")[0, 0].numpy() > 0
-        results.append(((int(xs[centre]), int(ys[centre])), mask))
-    return results
-
-
-def prompted_iou(sam: nn.Module, scenes: list[Scene]) -> float:
-    """Mean IoU, over every thing of the scenes, of `prompted_masks` against the thing's pixels."""
-    ious = []
-    for scene in scenes:
-        for index, (_, mask) in enumerate(prompted_masks(sam, scene), start=1):
-            region = scene.instances == index
-            ious.append((mask & region).sum() / (mask | region).sum())
-    return float(np.mean(ious))
-
-
-@torch.no_grad()
-def crop_accuracy(clip: nn.Module, tokenizer, rng: np.random.Generator, texture: str = "plain") -> float:
-    """Top-1 accuracy of CLIP naming a crop of each colour-and-shape pair among all of them ("a photo of a ...")."""
-    import open_clip
-
-    names = [f"{c} {s}" for c in COLOURS for s in SHAPES]
-    crops = []
-    for name in names:
-        thing = Thing(*name.split(), texture, (40, 40, 44, 44))
-        crops.append(_crop(draw_things((128, 128), [thing], rng).image, thing.box, rng, 64))
-    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).reshape(1, 3, 1, 1)
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD).reshape(1, 3, 1, 1)
-    image_features = F.normalize(clip.encode_image((images - mean) / std), dim=-1)
-    text_features = F.normalize(clip.encode_text(tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
-    return float(((image_features @ text_features.t()).argmax(1) == torch.arange(len(names))).float().mean())
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,15 +10,13 @@ Shapes: H x W an image.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ssprompt.runtime.files import regular_files
+from .generated import check_generated, write_generated
+from .shapes import dilate, shape_mask
 
 __all__ = ["SYNTHETIC_CLASSES", "make_synthetic"]
 
@@ -84,50 +82,12 @@ def make_synthetic(
             f"{', '.join(SYNTHETIC_CLASSES)}); remove it or choose another folder"
         )
 
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir(parents=True)
-        (tmp / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES) + "\n", encoding="utf-8")
-        (tmp / GENERATED_SETTINGS).write_text(json.dumps(settings) + "\n", encoding="utf-8")
+    def write_splits(folder: Path) -> None:
         for index, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             rng = np.random.default_rng([seed, index])
-            _write_split(tmp / split, count, (height, width), rng, void)
-        if root.is_dir():
-            root.rmdir()  # empty, checked above; rename cannot replace it everywhere
-        try:
-            tmp.rename(root)
-        except OSError:
-            # Another process may have written the same dataset in the meantime.
-            if not _is_synthetic(root):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+            _write_split(folder / split, count, (height, width), rng, void)
 
-
-GENERATED_SETTINGS = "dataset.json"  # what a generated dataset was made with
-
-
-def check_generated(root: Path, settings: dict) -> None:
-    """An existing generated dataset is reused only if it was made with `settings` (its dataset.json; one
-    written before that file existed is judged by its image counts); otherwise FileExistsError."""
-    recorded = root / GENERATED_SETTINGS
-    try:
-        found = json.loads(recorded.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        found = {key: len(regular_files(root / split / "images", {".png"})) if (root / split / "images").is_dir() else 0
-                 for key, split in (("n_train", "train"), ("n_val", "val"))}
-    except (OSError, ValueError):
-        found = {}
-    differ = [f"{key} {found.get(key)} (asked {value})" for key, value in settings.items()
-              if key in found and found[key] != value]
-    if differ or not found:
-        what = ", ".join(differ) or f"unreadable {GENERATED_SETTINGS}"
-        raise FileExistsError(f"{root}: holds a generated dataset of other settings ({what}); remove it or choose "
-                              "another folder")
+    return write_generated(root, "\n".join(SYNTHETIC_CLASSES) + "\n", settings, write_splits)
 
 
 def _is_synthetic(root: Path) -> bool:
@@ -216,35 +176,10 @@ def _render(
         box_h = int(rng.integers(int((height - 4) * 0.5), height - 3))
         x0 = band * band_w + 2 + int(rng.integers(0, band_w - box_w - 3))
         y0 = 2 + int(rng.integers(0, height - box_h - 3))
-        mask = _shape_mask(_SHAPES[c], x0, y0, box_w, box_h, yy, xx)
-        ring = _dilate(mask) & ~mask
+        mask = shape_mask(_SHAPES[c], x0, y0, box_w, box_h, yy, xx)
+        ring = dilate(mask) & ~mask
         label[mask] = c
         label[ring] = void
         colour = np.array(_COLOURS[c], dtype=np.float32)
         image[mask] = colour + rng.normal(0.0, 8.0, size=(int(mask.sum()), 3)).astype(np.float32)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
-
-
-def _shape_mask(
-    shape: str, x0: int, y0: int, box_w: int, box_h: int, yy: np.ndarray, xx: np.ndarray
-) -> np.ndarray:
-    """(H, W) bool mask of a shape filling the box (x0, y0, box_w, box_h); yy, xx are pixel centres."""
-    cx, cy = x0 + box_w / 2.0, y0 + box_h / 2.0
-    if shape == "disc":  # an ellipse inscribed in the box
-        return ((xx - cx) / (box_w / 2.0)) ** 2 + ((yy - cy) / (box_h / 2.0)) ** 2 <= 1.0
-    inside_box = (xx >= x0) & (xx < x0 + box_w) & (yy >= y0) & (yy < y0 + box_h)
-    if shape == "square":
-        return inside_box
-    # Upward triangle: apex at the top centre, base along the bottom of the box.
-    return inside_box & (np.abs(xx - cx) <= (yy - y0) * (box_w / 2.0) / box_h)
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary dilation of an (H, W) bool mask."""
-    padded = np.pad(mask, 1)
-    height, width = mask.shape
-    out = np.zeros_like(mask)
-    for dy in range(3):
-        for dx in range(3):
-            out |= padded[dy : dy + height, dx : dx + width]
-    return out

@@ -14,9 +14,6 @@ Shapes: H x W an image.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +22,12 @@ from PIL import Image
 
 from ssprompt.runtime.files import write_text_atomic
 
-from .data import THING_MARKER
-from .synthetic import GENERATED_SETTINGS, _dilate, _shape_mask, check_generated
+from .data.classes import THING_MARKER
+from .generated import check_generated, write_generated
+from .shapes import SHAPES, dilate, shape_mask
 
 __all__ = [
     "COLOURS",
-    "SHAPES",
     "TEXTURES",
     "CONDITIONS",
     "TASK_CLASSES",
@@ -51,7 +48,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (225, 200, 40),
     "purple": (145, 55, 190),
 }
-SHAPES: tuple[str, ...] = ("disc", "square", "triangle")
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted")
 CONDITIONS: tuple[str, ...] = ("fog", "night", "noise")  # the downstream shifts; pretraining is clean
 
@@ -149,7 +145,7 @@ def draw_things(
     image = _background(background, size, rng, yy, xx)
     owner = np.zeros(size, dtype=np.int32)
     for index, thing in enumerate(things, start=1):
-        mask = _shape_mask(thing.shape, *thing.box, yy, xx)
+        mask = shape_mask(thing.shape, *thing.box, yy, xx)
         pattern = _texture(thing.texture, rng, yy, xx)[mask]
         colour = np.array(COLOURS[thing.colour], dtype=np.float32) * rng.uniform(0.9, 1.1)
         image[mask] = colour * pattern[:, None] + rng.normal(0.0, 6.0, size=(int(mask.sum()), 3))
@@ -160,7 +156,7 @@ def draw_things(
     ring = np.zeros(size, dtype=bool)
     for index in range(1, len(things) + 1):
         mask = owner == index
-        ring |= _dilate(mask) & ~mask  # boundaries are uncertain, as real datasets mark them
+        ring |= dilate(mask) & ~mask  # boundaries are uncertain, as real datasets mark them
     instances = np.where(ring, -1, 0).astype(np.int32)
     kept: list[Thing] = []
     for index, thing in enumerate(things, start=1):
@@ -242,28 +238,20 @@ def make_world(root: str | Path, n_train: int = 48, n_val: int = 32, size: tuple
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root}: exists and is not a generated world (no classes.txt listing {', '.join(TASK_CLASSES)})")
-    tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        (tmp / "classes.txt").write_text(classes, encoding="utf-8")
-        (tmp / GENERATED_SETTINGS).write_text(json.dumps(settings) + "\n", encoding="utf-8")
+
+    def write_splits(folder: Path) -> None:
         for index, (split, count) in enumerate((("train", n_train), ("val", n_val))):
             rng = np.random.default_rng([seed, 1000 + index])
             for kind in ("images", "labels", "instances"):
-                (tmp / split / kind).mkdir(parents=True)
+                (folder / split / kind).mkdir(parents=True)
             for i in range(count):
                 scene = task_scene(rng, size)
                 label, instances = _task_labels(scene, void)
-                Image.fromarray(scene.image).save(tmp / split / "images" / f"{i:04d}.png")
-                Image.fromarray(label).save(tmp / split / "labels" / f"{i:04d}.png")
-                Image.fromarray(instances).save(tmp / split / "instances" / f"{i:04d}.png")
-        if root.is_dir():
-            root.rmdir()
-        tmp.rename(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+                Image.fromarray(scene.image).save(folder / split / "images" / f"{i:04d}.png")
+                Image.fromarray(label).save(folder / split / "labels" / f"{i:04d}.png")
+                Image.fromarray(instances).save(folder / split / "instances" / f"{i:04d}.png")
+
+    return write_generated(root, classes, settings, write_splits)
 
 
 def _task_labels(scene: Scene, void: int) -> tuple[np.ndarray, np.ndarray]:

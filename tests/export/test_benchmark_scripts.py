@@ -24,29 +24,63 @@ def _tables(path: Path) -> list[list[list[str]]]:
     return tables
 
 
-def _run(script: str, args: list[str], out: Path) -> None:
+def _run(script: str, args: list[str], out: Path) -> str:
+    """Run a benchmark script writing `out`; its stdout."""
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
     assert text.startswith("# ") and "Command: `python " in text
+    return done.stdout
 
 
-@pytest.mark.parametrize(
-    "script, extra, header, measurements",
-    [
-        ("export_fullsize.py", ["--classes", "3", "--precisions", "fp32"], "precision", 1),
-        ("runtime_fullsize.py", ["--classes", "3", "--batch", "1,2", "--warmup", "0", "--iters", "1",
-                                 "--graphs", "fp32,fp32-ort-fused"], "graph", 4),
-        ("train_efficiency.py", ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1"], "variant", 4),
-    ],
-)
-def test_benchmark_script_writes_a_table(script, extra, header, measurements, tmp_path):
+def _by_column(rows: list[list[str]]) -> list[dict[str, str]]:
+    return [dict(zip(rows[0], row)) for row in rows[1:]]
+
+
+def test_export_fullsize_reports_a_passing_fp32_export_within_the_parity_tolerance(tmp_path):
     out = tmp_path / "result.md"
-    _run(script, TINY + extra, out)
+    _run("export_fullsize.py", TINY + ["--classes", "3", "--precisions", "fp32"], out)
     (rows,) = _tables(out)
-    assert rows[0][0] == header and len(rows) == 1 + measurements
-    assert all(len(row) == len(rows[0]) and all(row) for row in rows[1:])
+    (row,) = _by_column(rows)
+    assert (row["precision"], row["layout"], row["parity on"], row["gate"]) == ("fp32", "graph", "CPUExecutionProvider", "pass")
+    assert float(row["label agreement"].rstrip("%")) >= 99.0  # FP32 agrees with PyTorch on nearly every pixel
+    assert float(row["max abs err"]) < 1e-3 and float(row["mask logit mean abs err"]) <= float(row["max abs err"])
+    assert float(row["export s (incl. parity)"]) > 0 and float(row["model.onnx MiB"]) > 1  # the tiny encoders' weights
+
+
+def test_runtime_fullsize_times_each_graph_at_each_batch(tmp_path):
+    out = tmp_path / "result.md"
+    _run("runtime_fullsize.py", TINY + ["--classes", "3", "--batch", "1,2", "--warmup", "0", "--iters", "1",
+                                        "--graphs", "fp32,fp32-ort-fused"], out)
+    (rows,) = _tables(out)
+    measured = _by_column(rows)
+    assert sorted((row["graph"], row["batch"]) for row in measured) == [
+        ("fp32", "1"), ("fp32", "2"), ("fp32-ort-fused", "1"), ("fp32-ort-fused", "2")]
+    for row in measured:
+        p50, p90, p99 = (float(row[key]) for key in ("p50 ms", "p90 ms", "p99 ms"))
+        assert 0 < p50 == p90 == p99  # one timed call: every percentile is that call
+        # images/s is the batch over the mean call, which one call makes its p50 (both cells rounded to 0.01)
+        assert float(row["images/s"]) == pytest.approx(1000 * int(row["batch"]) / p50, rel=1e-3, abs=0.01)
+        assert (row["GPU peak MB"], row["timing"]) == ("n/a", "wall") and float(row["host peak RSS MB"]) > 0
+
+
+def test_train_efficiency_times_every_variant_and_splits_out_the_encoders(tmp_path):
+    out = tmp_path / "result.md"
+    _run("train_efficiency.py", TINY + ["--classes", "3", "--batch", "1", "--warmup", "0", "--steps", "1"], out)
+    (rows,) = _tables(out)
+    by_variant = {row["variant"]: row for row in _by_column(rows)}
+    variants = _load_script("train_efficiency").VARIANTS
+    assert list(by_variant) == [label for label, _, _ in variants.values()]
+    for label, _, in_loop in variants.values():
+        row = by_variant[label]
+        if in_loop:  # the encoders' share of the step is measured, and is a part of it
+            assert 0 < float(row["of which encoders"]) <= float(row["ms / training image"])
+        else:
+            assert row["of which encoders"] == "n/a (cached)"
+        assert 0 <= float(row["step memory MB"]) <= float(row["peak RSS MB"])
+    coop = by_variant["CoOp (encoders in the loop, as CoOp trains)"]
+    assert coop["time vs CoOp"] == coop["peak memory vs CoOp"] == "+0 %"  # the reference row
 
 
 def test_train_efficiency_states_ratios_against_coop(tmp_path):
@@ -65,16 +99,48 @@ def test_train_efficiency_states_ratios_against_coop(tmp_path):
     assert (tmp_path / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_quality_script_writes_method_ablation_and_class_tables(synthetic_root, tmp_path):
+def _quality_runs(stdout: str) -> dict[tuple[frozenset, int], str]:
+    """quality.py's progress lines, "{settings} k=K seed=S: mIoU X (...)": (settings, K) -> X as the tables print it."""
+    import ast
+    import re
+
+    runs = {}
+    for line in stdout.splitlines():
+        found = re.fullmatch(r"(\{.*\}) k=(\d+) seed=0: mIoU (\d+\.\d) \(.*", line)
+        if found:
+            key = (frozenset(ast.literal_eval(found[1]).items()), int(found[2]))
+            assert key not in runs, f"{line}: a setting ran twice"
+            runs[key] = found[3]
+    return runs
+
+
+def test_quality_script_writes_method_ablation_and_class_tables(synthetic_root, tmp_path, monkeypatch):
+    quality = _load_script("quality")
     out = tmp_path / "quality.md"
-    _run("quality.py", TINY + ["--data", str(synthetic_root), "--shots", "2,1", "--epochs", "1", "--optimizer", "adamw",
-                               "--lr", "0.02", "--short-side", "0"], out)
+    common = ["--epochs", "1", "--optimizer", "adamw", "--lr", "0.02", "--short-side", "0"]
+    stdout = _run("quality.py", TINY + ["--data", str(synthetic_root), "--shots", "2,1", *common], out)
     methods, ablations, per_class = _tables(out)
+    runs = _quality_runs(stdout)
+    # Zero-shot once; CoOp, VSPL, SSPrompt and the five other ablations at each k; the full ablation is SSPrompt's run.
+    assert len(runs) == 1 + 3 * 2 + 5 * 2
     assert methods[0] == ["method", "2-shot", "1-shot"]
     assert [row[0] for row in methods[1:]] == ["zero-shot", "CoOp", "VSPL", "SSPrompt"]
+    zero_shot = runs[(frozenset(quality.METHOD_RUNS["zero-shot"].items()), 2)]
+    assert methods[1][1:] == [zero_shot, zero_shot]  # learns nothing: one run stands for every k
+    for row in methods[2:]:  # each row holds the runs of its own settings
+        settings = frozenset(quality.METHOD_RUNS[row[0]].items())
+        assert row[1:] == [runs[(settings, 2)], runs[(settings, 1)]], row[0]
     assert float(methods[4][1]) > float(methods[1][1])  # SSPrompt's 2-shot run learned beyond zero-shot
-    assert len(ablations) == 1 + 6 and ablations[-1][:4] == ["✓"] * 4
-    assert ablations[-1][4:] == methods[-1][1:]  # the full ablation row is the SSPrompt run itself
+    assert len(ablations) == 1 + 6
+    for row, (flags, settings) in zip(ablations[1:], quality.ABLATION_RUNS.items()):
+        assert row[:4] == ["✓" if flag else "" for flag in flags]
+        assert row[4:] == [runs[(frozenset(settings.items()), 2)], runs[(frozenset(settings.items()), 1)]], flags
+    # One ablation run again, here, from its settings alone: the script's row is that run's mIoU.
+    monkeypatch.setattr(sys, "argv", ["quality.py", *TINY, "--data", str(synthetic_root), *common])
+    spatial_only = quality.ABLATION_RUNS[(True, False, False, False)]
+    (tmp_path / "again").mkdir()
+    summary = quality.train_and_evaluate(quality.parse_args(), spatial_only, 1, 0, tmp_path / "again", str(tmp_path / "cache"))
+    assert float(ablations[1][5]) == pytest.approx(100 * summary["after"]["miou"], abs=0.051)
     assert [row[0] for row in per_class[1:]] == ["background", "red disc", "green square", "blue triangle"]
     assert "Instance and panoptic" not in out.read_text()  # plain shapes have no instance maps
     assert all(0 <= float(v) <= 100 for row in methods[1:] for v in row[1:])

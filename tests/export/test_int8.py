@@ -16,7 +16,7 @@ from ssprompt.export.pipeline import ExportError, export_pack
 from ssprompt.export.tensorrt import tensorrt_available
 from ssprompt.runtime.contract import GraphMetadata
 from ssprompt.runtime.cli import bench_command, run_command
-from ssprompt.train.data import open_folder
+from ssprompt.train.data.layouts import open_folder
 from ssprompt.train.pack import load_pack
 
 ort = pytest.importorskip("onnxruntime")
@@ -72,11 +72,11 @@ def test_the_trtexec_line_for_an_int8_graph_asks_for_int8_and_fp16(int8_export):
 
 def test_calibration_reads_training_images_and_never_evaluation_ones(demo_run, monkeypatch):
     pack_path = demo_run[1]
-    from ssprompt.train import data
+    from ssprompt.train.data import reading
 
     read = []
-    real = data.read_image
-    monkeypatch.setattr(data, "read_image", lambda path, *a, **k: read.append(Path(path).resolve()) or real(path, *a, **k))
+    real = reading.read_image
+    monkeypatch.setattr(reading, "read_image", lambda path, *a, **k: read.append(Path(path).resolve()) or real(path, *a, **k))
     files, evaluation = calibration_files(None, load_pack(pack_path).train_config)
     calibration_set(files[:5], 256, (124, 116, 104), evaluation)
     config = load_pack(pack_path).train_config

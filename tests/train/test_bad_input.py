@@ -68,7 +68,7 @@ def test_5_a_palette_outside_0_255_is_refused(pack, tmp_path, palette):
 
 def test_11_a_cache_entry_of_the_wrong_shape_is_recomputed(demo_run, tiny_backbones, world_root, tmp_path):
     from ssprompt.train.cache import FeatureCache
-    from ssprompt.train.data import open_folder
+    from ssprompt.train.data.layouts import open_folder
     from ssprompt.train.model import SSPrompt
     from ssprompt.train.config import ModelConfig
     from ssprompt.train.features import encode_folder, encoder_identity
@@ -152,7 +152,8 @@ def test_r3_item1_a_fifo_where_a_label_or_image_is_expected_never_blocks(synthet
     """Issue 29 item 1: a FIFO label is named as no regular file (training and evaluation data); a FIFO image is
     not listed; --calib lists regular files only."""
     from ssprompt.export.pipeline import calibration_images
-    from ssprompt.train.data import DataError, open_folder
+    from ssprompt.train.data.folder import DataError
+    from ssprompt.train.data.layouts import open_folder
 
     root = _small_copy(synthetic_root, tmp_path)
     label = sorted((root / "labels").iterdir())[1]
@@ -241,7 +242,8 @@ def small_setup(tiny_backbones, synthetic_root, tmp_path_factory):
     """A 16-prompt model and the features of one shot a class (as tests/train/test_training.py)."""
     from ssprompt.train.cache import FeatureCache
     from ssprompt.train.config import ModelConfig
-    from ssprompt.train.data import open_folder, sample_k_shot
+    from ssprompt.train.data.layouts import open_folder
+    from ssprompt.train.data.sampling import sample_k_shot
     from ssprompt.train.features import encode_folder, encoder_identity
     from ssprompt.train.model import SSPrompt
 
@@ -313,14 +315,15 @@ def test_r3_item6_ssp_pretrain_refuses_bad_counts_before_it_writes(tmp_path, arg
 def test_r3_item10_classes_txt_with_a_bom_and_odd_thing_markers(tmp_path):
     """Issue 29 item 10: a UTF-8 BOM is not part of the first name; [Thing] and [thing ] mark things; another
     bracketed marker is refused by name."""
-    from ssprompt.train.data import DataError, _read_classes
+    from ssprompt.train.data.classes import read_classes
+    from ssprompt.train.data.folder import DataError
 
     path = tmp_path / "classes.txt"
     path.write_bytes("\ufeffbackground\nred disc [Thing]\ngreen square [thing ]\nblue  [ THING]\n".encode("utf-8"))
-    assert _read_classes(path) == (["background", "red disc", "green square", "blue"], [1, 2, 3])
+    assert read_classes(path) == (["background", "red disc", "green square", "blue"], [1, 2, 3])
     path.write_text("background\nred disc [stuff]\n")
     with pytest.raises(DataError, match=r"classes.txt: class 'red disc' ends in the marker \[stuff\]; the one marker is"):
-        _read_classes(path)
+        read_classes(path)
 
 
 def test_r3_item12_more_than_255_classes_train_on_16_bit_labels(tmp_path):
@@ -328,7 +331,10 @@ def test_r3_item12_more_than_255_classes_train_on_16_bit_labels(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from ssprompt.train.data import DataError, class_presence, open_folder, read_label
+    from ssprompt.train.data.folder import DataError
+    from ssprompt.train.data.layouts import open_folder
+    from ssprompt.train.data.reading import read_label
+    from ssprompt.train.data.sampling import class_presence
 
     root = tmp_path / "many"
     (root / "images").mkdir(parents=True)

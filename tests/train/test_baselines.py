@@ -143,7 +143,8 @@ def test_export_bakes_the_prompts_the_baseline_learned(trained_packs, method):
 
 def test_interrupted_coop_run_resumes_its_context(tiny_backbones, synthetic_root, tmp_path):
     from ssprompt.train.cache import FeatureCache
-    from ssprompt.train.data import open_folder, sample_k_shot
+    from ssprompt.train.data.layouts import open_folder
+    from ssprompt.train.data.sampling import sample_k_shot
     from ssprompt.train.features import encode_folder, encoder_identity
     from ssprompt.train.loop import train_prompts
 

@@ -1,4 +1,4 @@
-"""Tests for ssprompt.train.data: layouts, validation errors, image modes, k-shot sampling."""
+"""Tests for ssprompt.train.data (layouts, validation errors, image modes, k-shot sampling) and the label geometry of training."""
 
 from __future__ import annotations
 
@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssprompt.train.data import (
-    CITYSCAPES_CLASSES,
-    DataError,
-    Sample,
-    SegmentationFolder,
-    class_presence,
-    open_folder,
-    read_image,
-    read_instances,
-    read_label,
-    resize_label,
-    sample_k_shot,
-    short_side_size,
-)
+from ssprompt.runtime.postprocess import resize_label
+from ssprompt.train.data.folder import DataError, Sample, SegmentationFolder
+from ssprompt.train.data.layouts import CITYSCAPES_CLASSES, open_folder
+from ssprompt.train.data.reading import read_image, read_instances, read_label
+from ssprompt.train.data.sampling import class_presence, sample_k_shot
+from ssprompt.train.features import short_side_size
 
 CAMVID = Path(__file__).parents[2].parent / "shared" / "data" / "camvid"
 

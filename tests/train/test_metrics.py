@@ -112,7 +112,8 @@ def test_ssp_eval_ap_and_pq_score_what_ssp_run_writes_on_generated_data(demo_run
 
     from ssprompt.runtime.cli import run_command
     from ssprompt.train.cli import eval_command
-    from ssprompt.train.data import open_folder, read_instances, read_label
+    from ssprompt.train.data.layouts import open_folder
+    from ssprompt.train.data.reading import read_instances, read_label
     from ssprompt.train.instance_metrics import MaskAP, PanopticQuality, Segments, ground_truth_segments
     from ssprompt.train.pack import load_pack
 

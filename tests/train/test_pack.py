@@ -28,20 +28,46 @@ def _version_2(pack: Pack) -> dict:
     return raw
 
 
-def test_pack_round_trips_with_weights_only(tmp_path, pack):
+def test_a_saved_pack_loads_back_with_every_value_its_readers_use(tmp_path, pack):
     copy = tmp_path / "copy.pt"
-    save_pack(pack, copy)
-    again = torch.load(copy, map_location="cpu", weights_only=True)
-    assert torch.equal(again["spatial_prompts"], pack.spatial_prompts)
-    assert again["class_names"] == list(TASK_CLASSES)
-    assert again["thing_classes"] == [1, 2, 3, 4]  # the world's classes.txt marks the four shapes [thing]
-    assert again["format_version"] == PACK_FORMAT_VERSION == 3
-    assert set(again["learned"]) == {"spatial_embedding", "spatial_weight_logit", "semantic_embedding", "semantic_weight_logit"}
+    save_pack(replace(pack, thing_classes=[2, 4]), copy)
+    raw = torch.load(copy, map_location="cpu", weights_only=True)  # plain tensors and values, no pickled objects
+    assert raw["format_version"] == PACK_FORMAT_VERSION == 3
+    again = load_pack(copy)
+    # What export bakes into the graph, and what model_from_pack rebuilds the prompt source from.
+    for name in ("spatial_prompts", "semantic_prompts", "default_semantic"):
+        assert torch.equal(getattr(again, name), getattr(pack, name)), name
+    assert set(again.learned) == {"spatial_embedding", "spatial_weight_logit", "semantic_embedding", "semantic_weight_logit"}
+    assert all(torch.equal(again.learned[k], pack.learned[k]) for k in pack.learned)
+    assert again.class_names == list(TASK_CLASSES) and again.thing_classes == [2, 4]
+    assert (again.method, again.void, again.palette, again.backbones) == (pack.method, pack.void, pack.palette, pack.backbones)
 
 
-def test_pack_prompts_are_the_fusion_of_its_learnables(pack):
-    w = torch.sigmoid(pack.learned["semantic_weight_logit"])[:, None]
-    torch.testing.assert_close(pack.semantic_prompts, w * pack.learned["semantic_embedding"] + (1 - w) * pack.default_semantic)
+def test_the_model_rebuilt_from_a_pack_gives_the_prompts_the_pack_stores(pack):
+    """model_from_pack reads the learnables and the default class embeddings; from them alone it must reproduce the
+    prompts the pack hands to export."""
+    from ssprompt.train.pipeline import model_from_pack
+
+    model, _ = model_from_pack(pack, device="cpu")
+    assert pack.learned["semantic_weight_logit"].abs().max() > 0  # trained: the fusion is not the initial one
+    with torch.no_grad():
+        torch.testing.assert_close(model.spatial_prompts(), pack.spatial_prompts)
+        torch.testing.assert_close(model.semantic_prompts(), pack.semantic_prompts)
+        w = torch.sigmoid(pack.learned["semantic_weight_logit"])[:, None]
+        torch.testing.assert_close(model.semantic_prompts(),
+                                   w * pack.learned["semantic_embedding"] + (1 - w) * pack.default_semantic)
+
+
+def test_the_exported_graph_bakes_in_the_packs_semantic_prompts(pack, exported_onnx):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    expected = torch.nn.functional.normalize(pack.semantic_prompts, dim=-1).numpy()  # (C, D), as the graph compares
+    constants = [numpy_helper.to_array(t) for t in onnx.load(str(exported_onnx)).graph.initializer]
+    found = [c for c in constants if c.shape in (expected.shape, expected.T.shape) and c.dtype == np.float32
+             and np.allclose(c if c.shape == expected.shape else c.T, expected, atol=1e-6)]
+    assert len(found) == 1
 
 
 def test_truncated_pack_is_refused(demo_run, tmp_path):

@@ -11,7 +11,8 @@ import pytest
 from ssprompt.train import backbones as backbones_module
 from ssprompt.train.backbones import (TINY_WEIGHT_FILES, BackboneError, build_clip, build_sam, file_sha256,
                                       shipped_tiny_weights, weights_sha256)
-from ssprompt.train.pretrain import PretrainConfig, crop_accuracy, pretrain, pretrain_clip, pretrain_sam, prompted_iou
+from ssprompt.train.pretrain import PretrainConfig, pretrain, pretrain_clip, pretrain_sam
+from ssprompt.train.pretrain_eval import crop_accuracy, prompted_iou
 from ssprompt.train.world import pretraining_scene
 
 SHORT = PretrainConfig(sam_steps=2, sam_scenes=2, sam_points=2, clip_steps=2, clip_scenes=2)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssprompt.train.data import class_presence, open_folder, read_image, read_label, sample_k_shot
+from ssprompt.train.data.layouts import open_folder
+from ssprompt.train.data.reading import read_image, read_label
+from ssprompt.train.data.sampling import class_presence, sample_k_shot
 from ssprompt.train.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 
@@ -106,8 +108,10 @@ def test_existing_folder_with_other_classes_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "other"
     root.mkdir()
     (root / "classes.txt").write_text("sky\nroad\n")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"other: exists and is not a synthetic dataset \(no classes.txt listing "
+                                              r"background, red disc, green square, blue triangle\)"):
         make_synthetic(root)
+    assert (root / "classes.txt").read_text() == "sky\nroad\n"
 
 
 def test_empty_existing_folder_is_filled(tmp_path: Path) -> None:

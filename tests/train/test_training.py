@@ -7,7 +7,8 @@ from click.testing import CliRunner
 from ssprompt.train.cache import FeatureCache
 from ssprompt.train.cli import eval_command, train_command
 from ssprompt.train.config import ModelConfig, TrainConfig
-from ssprompt.train.data import open_folder, sample_k_shot
+from ssprompt.train.data.layouts import open_folder
+from ssprompt.train.data.sampling import sample_k_shot
 from ssprompt.train.model import SSPrompt
 from ssprompt.train.pipeline import train_pack
 from ssprompt.train import loop
@@ -133,6 +134,7 @@ def test_second_run_reads_every_encoder_output_from_the_cache(demo_run, world_ro
 
 def test_weights_plot_draws_the_packs_fusion_weights(demo_run, tmp_path, monkeypatch):
     import matplotlib.axes
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -149,6 +151,8 @@ def test_weights_plot_draws_the_packs_fusion_weights(demo_run, tmp_path, monkeyp
     assert semantic == pytest.approx(torch.sigmoid(pack.learned["semantic_weight_logit"]).tolist())
     assert spatial == pytest.approx(torch.sigmoid(pack.learned["spatial_weight_logit"]).tolist())
     assert Image.open(plot).size == (720, 780)  # 6 x 6.5 inches at 120 dpi: five classes fit the minimum width
+    picture = np.asarray(Image.open(plot).convert("RGB"))
+    assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 16  # bars, axes and labels drawn, not one flat colour
 
 
 def test_ssp_train_bad_folder_is_one_line_and_nonzero(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssprompt.train.data import open_folder
+from ssprompt.train.data.layouts import open_folder
 from ssprompt.train.world import TASK_CLASSES, TASK_THINGS, Thing, draw_things, make_world, pretraining_scene
 
 
