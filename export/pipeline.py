@@ -251,7 +251,7 @@ def export_pack(
 
             name = "ssprompt_" + metadata.pack_sha256[:8]
             triton_configs = write_triton_repository(
-                tmp / "triton", name, onnx_path, batch.max, tmp / PLAN_FILE if plan_path else None)
+                tmp / "triton", name, onnx_path, metadata, batch.max, tmp / PLAN_FILE if plan_path else None)
         onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))
         triton_configs = [out / p.relative_to(tmp) for p in triton_configs]
     return ExportResult(out, out / MODEL_FILE, parity, time.perf_counter() - began, onnx_bytes, plan_path, command,

@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .backends import ModelError, Runner
-from .contract import (CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, ContractError, GraphMetadata, check_output_specs,
+from .contract import (CLASS_PROBS, INPUT, IOU, LABELS, MASK_LOGITS, ContractError, GraphMetadata, check_io_specs,
                        check_outputs)
 from .instances import (InstanceOptions, Instances, Panoptic, PanopticOptions, instances_from_prompts,
                         panoptic_from_prompts)
@@ -25,12 +25,12 @@ TASK_OUTPUTS = {"semantic": (LABELS,), "instance": (MASK_LOGITS, IOU, CLASS_PROB
 
 
 def check_metadata(runner: Runner) -> GraphMetadata:
-    """The graph's metadata (checked when the runner decoded it), with the outputs it declares checked against
-    the contract it states; a ModelError for a model without it or breaking it."""
+    """The graph's metadata (checked when the runner decoded it), with the inputs and outputs it declares checked
+    against the contract it states; a ModelError for a model without it or breaking it."""
     if runner.metadata is None:
         raise ModelError(f"{runner.path}: no ssprompt metadata; export it with ssp-export")
     try:
-        check_output_specs(runner.outputs, runner.metadata)
+        check_io_specs(runner.inputs, runner.outputs, runner.metadata)
     except ContractError as err:
         raise ModelError(f"{runner.path}: {err}; export it again with ssp-export") from None
     return runner.metadata
