@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssprompt.runtime.contract import CLASS_IDS, CLASS_PROBS, CONFIDENCE, INPUT, IOU, LABELS, MASK_LOGITS, OUTPUTS
+from ssprompt.runtime.contract import (CLASS_IDS, CLASS_PROBS, CONFIDENCE, INPUT_SPECS, IOU, LABELS, MASK_LOGITS,
+                                       OUTPUT_SPECS, axis_sizes)
 from ssprompt.train.model import SSPrompt, labels_from_semantic, mask_class_logits, semantic_map
 
 from .clip_attention import swap_clip_attention
@@ -36,7 +37,7 @@ from .prompt_decoder import PromptDecoder
 ENCODER_QUERY_CHUNK = 1024  # queries of SAM's global attention whose logits are alive together
 
 __all__ = ["ExportGraph", "ChannelLayerNorm", "SamLayoutDecoder", "LAYOUTS", "ONNX_RUNTIME_ONLY", "dummy_inputs",
-           "output_shapes"]
+           "graph_axis_sizes"]
 
 
 class ChannelLayerNorm(nn.Module):
@@ -132,7 +133,7 @@ class ExportGraph(nn.Module):
         Arguments:
           images (torch.Tensor): (B, S, S, 3) uint8, letterboxed RGB.
 
-        Returns (in contract.OUTPUTS order):
+        Returns (in contract.OUTPUT_SPECS order, of its dtypes):
           labels (B, S, S) int32, confidence (B, S, S) float32, mask_logits (B, N, M, M), iou (B, N),
           class_ids (B, N) int32, class_probs (B, N, C) float32.
         """
@@ -141,21 +142,20 @@ class ExportGraph(nn.Module):
         masks, iou = self.decoder(sam_embeddings)
         class_logits = mask_class_logits(masks, clip_features, self.semantic, model.logit_scale)
         labels, confidence = labels_from_semantic(semantic_map(masks, iou, class_logits), self.image_size)  # (B, S, S)
-        class_ids = class_logits.argmax(dim=-1)
-        return labels.to(torch.int32), confidence, masks, iou, class_ids.to(torch.int32), class_logits.softmax(dim=-1)
+        outputs = {LABELS: labels, CONFIDENCE: confidence, MASK_LOGITS: masks, IOU: iou,
+                   CLASS_IDS: class_logits.argmax(dim=-1), CLASS_PROBS: class_logits.softmax(dim=-1)}
+        return tuple(outputs[spec.name].to(getattr(torch, spec.dtype)) for spec in OUTPUT_SPECS)
 
 
-def output_shapes(model: SSPrompt) -> dict[str, tuple[int, ...]]:
-    """Every output's shape after the batch axis: what the graph declares and produces."""
-    size, mask, prompts = model.image_size, model.mask_size, model.num_prompts
-    return {LABELS: (size, size), CONFIDENCE: (size, size), MASK_LOGITS: (prompts, mask, mask), IOU: (prompts,),
-            CLASS_IDS: (prompts,), CLASS_PROBS: (prompts, len(model.class_names))}
+def graph_axis_sizes(model: SSPrompt) -> dict[str, int]:
+    """The sizes of the contract's static axes in `model`'s graph: what it declares and produces."""
+    return axis_sizes(model.image_size, model.mask_size, model.num_prompts, len(model.class_names))
 
 
 def dummy_inputs(image_size: int, batch: int = 1) -> dict[str, torch.Tensor]:
-    """The one dict of example inputs that drives both the trial run and the input names."""
+    """The one dict of example inputs that drives both the trial run and the input names: random values of each
+    contract input's dtype and shape."""
     generator = torch.Generator().manual_seed(0)
-    return {INPUT: torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8, generator=generator)}
-
-
-assert OUTPUTS == (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS, CLASS_PROBS)  # forward returns in this order
+    sizes = axis_sizes(image_size)
+    return {spec.name: torch.randint(0, 256, spec.shape(sizes, batch), dtype=getattr(torch, spec.dtype),
+                                     generator=generator) for spec in INPUT_SPECS}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ssprompt.runtime.contract import BATCH_AXIS, INPUT, OUTPUTS, GraphMetadata
+from ssprompt.runtime.contract import BATCH_AXIS, INPUT_SPECS, OUTPUT_SPECS, OUTPUTS, GraphMetadata
 
-from .graph import ExportGraph, dummy_inputs, output_shapes
+from .graph import ExportGraph, dummy_inputs, graph_axis_sizes
 
 __all__ = ["OPSET", "EXTERNAL_DATA_LIMIT", "export_onnx", "declare_output_shapes", "write_model"]
 
@@ -19,7 +19,9 @@ EXTERNAL_DATA_LIMIT = 1_800_000_000  # bytes of weights above which tensors go t
 
 
 def _dynamic_axes() -> dict[str, dict[int, str]]:
-    return {name: {0: BATCH_AXIS} for name in (INPUT, *OUTPUTS)}
+    """The contract's dynamic axes (the batch) of every input and output, by position."""
+    return {spec.name: {i: axis for i, axis in enumerate(spec.axes) if axis == BATCH_AXIS}
+            for spec in INPUT_SPECS + OUTPUT_SPECS}
 
 
 def export_onnx(graph: ExportGraph) -> "onnx.ModelProto":  # noqa: F821
@@ -33,17 +35,21 @@ def export_onnx(graph: ExportGraph) -> "onnx.ModelProto":  # noqa: F821
         model = _trace(graph, inputs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return declare_output_shapes(simplify(model), output_shapes(graph.model))
+    return declare_output_shapes(simplify(model), graph_axis_sizes(graph.model))
 
 
-def declare_output_shapes(model: "onnx.ModelProto", shapes: dict[str, tuple[int, ...]]) -> "onnx.ModelProto":  # noqa: F821
-    """Write (batch, *shape) into each graph output's type; the tracer leaves data-dependent names there."""
+def declare_output_shapes(model: "onnx.ModelProto", sizes: dict[str, int]) -> "onnx.ModelProto":  # noqa: F821
+    """Write each contract output's axes into the graph output's type: the batch as its name, every other axis as
+    its size in `sizes`; the tracer leaves data-dependent names there."""
+    specs = {spec.name: spec for spec in OUTPUT_SPECS}
     for output in model.graph.output:
         dims = output.type.tensor_type.shape.dim
         del dims[:]
-        dims.add().dim_param = BATCH_AXIS
-        for size in shapes[output.name]:
-            dims.add().dim_value = int(size)
+        for size in specs[output.name].shape(sizes):
+            if size == BATCH_AXIS:
+                dims.add().dim_param = BATCH_AXIS
+            else:
+                dims.add().dim_value = int(size)
     return model
 
 

@@ -135,9 +135,9 @@ def export_pack(
     one used for calibration; generated scenes where none are left). Without int8, `calib` holds the parity images.
     """
     from ssprompt.train.pack import load_pack
-    from ssprompt.train.pipeline import model_from_pack
 
     from .graph import ONNX_RUNTIME_ONLY, ExportGraph
+    from .pack_model import export_model
 
     began = time.perf_counter()
     if fp16 and int8 is not None:
@@ -154,7 +154,7 @@ def export_pack(
     if out.exists() and not (out / MODEL_FILE).is_file():
         raise ExportError(f"{out}: exists and is not an ssprompt export folder (no {MODEL_FILE}); choose another --out")
     pack = load_pack(pack_path)
-    model, _ = model_from_pack(pack, sam_checkpoint, clip_pretrained, device="cpu", source=pack_path)
+    model = export_model(pack, pack_path, sam_checkpoint, clip_pretrained)
     precision = "int8" if int8 is not None else "fp16" if fp16 else "fp32"
     graph = ExportGraph(model, layout)
     metadata = graph_metadata(model, pack, pack_path, precision)
@@ -253,7 +253,7 @@ def export_pack(
 
             name = "ssprompt_" + metadata.pack_sha256[:8]
             triton_configs = write_triton_repository(
-                tmp / "triton", name, onnx_path, batch.max, tmp / PLAN_FILE if plan_path else None)
+                tmp / "triton", name, onnx_path, metadata, batch.max, tmp / PLAN_FILE if plan_path else None)
         onnx_bytes = sum(p.stat().st_size for p in tmp.glob(MODEL_FILE + "*"))
         triton_configs = [out / p.relative_to(tmp) for p in triton_configs]
     return ExportResult(out, out / MODEL_FILE, parity, time.perf_counter() - began, onnx_bytes, plan_path, command,

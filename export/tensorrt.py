@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ssprompt.runtime.contract import INPUT, EngineFacts
+from ssprompt.runtime.contract import INPUT, INPUT_SPECS, EngineFacts, axis_sizes
 from ssprompt.runtime.errors import ModelError, OptionError
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.gpu import UNKNOWN_GPU, gpu_name
@@ -52,8 +52,15 @@ def tensorrt_available() -> bool:
     return hasattr(tensorrt, "Builder")
 
 
+def _input_shapes(batch: int, image_size: int) -> dict[str, tuple[int, ...]]:
+    """Each contract input's shape at `batch` images of side `image_size`."""
+    sizes = axis_sizes(image_size)
+    return {spec.name: spec.shape(sizes, batch) for spec in INPUT_SPECS}
+
+
 def _shape(batch: int, image_size: int) -> str:
-    return f"{INPUT}:{batch}x{image_size}x{image_size}x3"
+    """trtexec's shape option value, e.g. images:4x1024x1024x3."""
+    return ",".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in _input_shapes(batch, image_size).items())
 
 
 def trtexec_command(onnx_path: Path, plan_path: Path, image_size: int, batch: BatchRange, fp16: bool,
@@ -130,7 +137,9 @@ def build_engine(onnx_path: Path, plan_path: Path, image_size: int, batch: Batch
         config.set_flag(trt.BuilderFlag.INT8)
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT, *(trt.Dims([b, image_size, image_size, 3]) for b in (batch.min, batch.opt, batch.max)))
+    shapes = [_input_shapes(b, image_size) for b in (batch.min, batch.opt, batch.max)]
+    for name in shapes[0]:
+        profile.set_shape(name, *(trt.Dims(list(shape[name])) for shape in shapes))
     config.add_optimization_profile(profile)
     _attach_timing_cache(config, timing_cache, log)
 

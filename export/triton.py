@@ -5,28 +5,23 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ssprompt.runtime.contract import INPUT_SPECS, OUTPUT_SPECS, GraphMetadata, IOSpec
+
 __all__ = ["write_triton_repository", "validate_config"]
 
-# numpy/ONNX element type name -> Triton data_type
+# the contract's dtype names -> Triton data_type
 _TRITON_TYPES = {"uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
-# ONNX TensorProto.DataType value -> numpy name (the ones our graph uses)
-_ONNX_TYPES = {1: "float32", 2: "uint8", 6: "int32", 7: "int64", 10: "float16"}
 
 
-def _io_signature(onnx_path: Path) -> tuple[list[tuple], list[tuple]]:
-    """(name, numpy dtype name, dims without the batch axis) of each graph input and output."""
-    import onnx
+def _io_signature(metadata: GraphMetadata) -> tuple[list[tuple], list[tuple]]:
+    """(name, dtype name, dims without the batch axis) of each contract input and output, at the graph's sizes.
+    Triton adds the batch axis itself (max_batch_size), as the first: the contract's batch is axis 0 throughout."""
+    sizes = metadata.axis_sizes()
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    def describe(specs: tuple[IOSpec, ...]) -> list[tuple]:
+        return [(spec.name, spec.dtype, list(spec.shape(sizes)[1:])) for spec in specs]
 
-    def describe(values):
-        out = []
-        for v in values:
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-            out.append((v.name, _ONNX_TYPES[v.type.tensor_type.elem_type], dims[1:]))
-        return out
-
-    return describe(graph.input), describe(graph.output)
+    return describe(INPUT_SPECS), describe(OUTPUT_SPECS)
 
 
 def _config_text(name: str, platform: str, max_batch: int, inputs: list[tuple], outputs: list[tuple], kind: str) -> str:
@@ -46,13 +41,15 @@ def _config_text(name: str, platform: str, max_batch: int, inputs: list[tuple], 
     ])
 
 
-def write_triton_repository(repo: Path, name: str, onnx_path: Path, max_batch: int, plan_path: Path | None = None) -> list[Path]:
-    """Write `repo/<name>/` (ONNX Runtime) and, with a plan, `repo/<name>_trt/` (TensorRT).
+def write_triton_repository(repo: Path, name: str, onnx_path: Path, metadata: GraphMetadata, max_batch: int,
+                            plan_path: Path | None = None) -> list[Path]:
+    """Write `repo/<name>/` (ONNX Runtime) and, with a plan, `repo/<name>_trt/` (TensorRT): the contract's inputs and
+    outputs at the sizes `metadata` gives.
 
     Returns the config.pbtxt paths. An ONNX model with external data goes in as a folder
     `1/model.onnx/` holding both files, as Triton expects.
     """
-    inputs, outputs = _io_signature(onnx_path)
+    inputs, outputs = _io_signature(metadata)
     configs = []
     model_dir = repo / name
     version = model_dir / "1"

@@ -1,11 +1,12 @@
-"""The exported graph's contract: I/O names and dtypes, and its metadata as one typed structure.
+"""The exported graph's contract: its inputs and outputs as a table (name, dtype, axes), and its metadata as
+one typed structure.
 
 Export writes graphs and engine sidecars to this contract and the runtime reads them by it;
-nothing else spells an I/O name or a metadata key. Metadata travels as ONNX `metadata_props`
+nothing else spells an I/O name, a dtype or a metadata key. Metadata travels as ONNX `metadata_props`
 (and as the sidecar JSON of a TensorRT engine): one `ssprompt.<field>` entry a field, its value
 JSON-encoded.
 
-Shapes: B images, S the side of the square input, N spatial prompts, M = S / 4 the mask side.
+Shapes: B images, S the side of the square input, N spatial prompts, M = S / 4 the mask side, C classes.
 """
 
 from __future__ import annotations
@@ -18,21 +19,57 @@ import numpy as np
 from .errors import SSPromptError
 
 __all__ = ["INPUT", "OUTPUTS", "BATCH_AXIS", "LABELS", "CONFIDENCE", "MASK_LOGITS", "IOU", "CLASS_IDS", "CLASS_PROBS",
+           "IOSpec", "INPUT_SPECS", "OUTPUT_SPECS", "axis_sizes",
            "CONTRACT_VERSION", "METADATA_PREFIX", "PRECISIONS", "Normalization", "GraphMetadata", "EngineFacts",
-           "MetadataError", "ContractError", "output_contract", "check_output_specs", "check_outputs"]
+           "MetadataError", "ContractError", "io_contract", "check_io_specs", "check_outputs"]
 
-INPUT = "images"  # (B, S, S, 3) uint8, letterboxed RGB
-LABELS = "labels"  # (B, S, S) int32 class index per pixel of the square input
-CONFIDENCE = "confidence"  # (B, S, S) float32 probability of that class
-MASK_LOGITS = "mask_logits"  # (B, N, M, M) float32 per-prompt mask logits
-IOU = "iou"  # (B, N) float32 per-prompt IoU estimates
-CLASS_IDS = "class_ids"  # (B, N) int32 per-prompt class
-CLASS_PROBS = "class_probs"  # (B, N, C) float32 per-prompt class probabilities (contract 2 on)
-OUTPUTS = (LABELS, CONFIDENCE, MASK_LOGITS, IOU, CLASS_IDS, CLASS_PROBS)
+INPUT = "images"
+LABELS = "labels"
+CONFIDENCE = "confidence"
+MASK_LOGITS = "mask_logits"
+IOU = "iou"
+CLASS_IDS = "class_ids"
+CLASS_PROBS = "class_probs"
+# Symbolic axes; BATCH_AXIS is the one dynamic axis (axis 0 of every input and output), the others are declared
+# static, their sizes given by the graph's metadata (`axis_sizes`).
+BATCH_AXIS = "batch"
+SIDE, PROMPTS, MASK, CLASSES = "side", "prompts", "mask", "classes"
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """One input or output of the graph."""
+
+    name: str  # tensor name in the graph
+    dtype: str  # numpy element type name
+    axes: tuple[str | int, ...]  # symbolic axis names, or fixed sizes
+    meaning: str
+
+    def shape(self, sizes: dict[str, int], batch: int | str = BATCH_AXIS) -> tuple:
+        """The axes resolved: `batch` for BATCH_AXIS, `sizes[axis]` for every other symbolic axis."""
+        return tuple(batch if axis == BATCH_AXIS else sizes[axis] if isinstance(axis, str) else axis
+                     for axis in self.axes)
+
+
+INPUT_SPECS = (IOSpec(INPUT, "uint8", (BATCH_AXIS, SIDE, SIDE, 3), "letterboxed RGB images"),)
+OUTPUT_SPECS = (  # in the order the graph returns them
+    IOSpec(LABELS, "int32", (BATCH_AXIS, SIDE, SIDE), "class index per pixel of the square input"),
+    IOSpec(CONFIDENCE, "float32", (BATCH_AXIS, SIDE, SIDE), "probability of that class"),
+    IOSpec(MASK_LOGITS, "float32", (BATCH_AXIS, PROMPTS, MASK, MASK), "per-prompt mask logits"),
+    IOSpec(IOU, "float32", (BATCH_AXIS, PROMPTS), "per-prompt IoU estimates"),
+    IOSpec(CLASS_IDS, "int32", (BATCH_AXIS, PROMPTS), "per-prompt class"),
+    IOSpec(CLASS_PROBS, "float32", (BATCH_AXIS, PROMPTS, CLASSES), "per-prompt class probabilities (contract 2 on)"),
+)
+OUTPUTS = tuple(spec.name for spec in OUTPUT_SPECS)
 # 1: the first five outputs, no thing classes (graphs exported before instance / panoptic segmentation; they still run
 #    semantic segmentation); 2: CLASS_PROBS and `thing_classes`. A graph without the field is a version 1 graph.
 CONTRACT_VERSION = 2
-BATCH_AXIS = "batch"  # the one dynamic axis (axis 0 of every input and output); all others are declared static
+
+
+def axis_sizes(input_size: int, mask_size: int = 0, num_prompts: int = 0, num_classes: int = 0) -> dict[str, int]:
+    """The sizes of the symbolic static axes (0: not known to the caller, where it needs the input only)."""
+    return {SIDE: input_size, MASK: mask_size, PROMPTS: num_prompts, CLASSES: num_classes}
+
 
 METADATA_PREFIX = "ssprompt."
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -94,6 +131,10 @@ class GraphMetadata:
     contract_version: int = 1  # CONTRACT_VERSION of the exporter; absent in version 1 graphs
     thing_classes: list[int] = field(default_factory=list)  # indices of countable classes (instances); the rest are stuff
     calibration: dict | None = None  # int8 graphs: {"method", "images", "sha256"} of the calibration set
+
+    def axis_sizes(self) -> dict[str, int]:
+        """The sizes of the contract's static axes in this graph."""
+        return axis_sizes(self.input_size, self.mask_size, self.num_prompts, len(self.class_names))
 
     @property
     def has_instances(self) -> bool:
@@ -189,39 +230,43 @@ class GraphMetadata:
 
 
 class ContractError(SSPromptError, ValueError):
-    """Graph outputs that break the contract (dtype, shape or values); the message names the output."""
+    """Graph inputs or outputs that break the contract (dtype, shape or values); the message names the tensor."""
 
 
-def output_contract(meta: GraphMetadata) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
-    """Each output's dtype and shape after the batch axis, as `meta` says the graph was exported."""
-    side, mask, prompts, classes = meta.input_size, meta.mask_size, meta.num_prompts, len(meta.class_names)
-    f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
-    return {LABELS: (i32, (side, side)), CONFIDENCE: (f32, (side, side)), MASK_LOGITS: (f32, (prompts, mask, mask)),
-            IOU: (f32, (prompts,)), CLASS_IDS: (i32, (prompts,)), CLASS_PROBS: (f32, (prompts, classes))}
+def io_contract(meta: GraphMetadata) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Each input's and output's dtype and shape after the batch axis, as `meta` says the graph was exported."""
+    sizes = meta.axis_sizes()
+    return {spec.name: (np.dtype(spec.dtype), spec.shape(sizes)[1:]) for spec in INPUT_SPECS + OUTPUT_SPECS}
 
 
 def _shape_text(shape) -> str:
     return "(" + ", ".join("B" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(shape)) + ")"
 
 
-def check_output_specs(specs, meta: GraphMetadata) -> None:
-    """The outputs a graph declares (objects with name, dtype and shape; -1 or a name where dynamic) against
-    the contract, once per model: every contract output it has, of the contract's dtype and static shape.
+def check_io_specs(inputs, outputs, meta: GraphMetadata) -> None:
+    """The inputs and outputs a graph declares (objects with name, dtype and shape; -1 or a name where dynamic)
+    against the contract, once per model: exactly the contract's inputs, every contract output it has, each of
+    the contract's dtype and static shape.
 
     Raises:
-      ContractError: naming the output, what it is and what the contract says.
+      ContractError: naming the input or output, what it is and what the contract says.
     """
-    contract = output_contract(meta)
-    for spec in specs:
-        if spec.name not in contract:
-            continue
-        dtype, shape = contract[spec.name]
-        declared = tuple(spec.shape)
-        static_ok = len(declared) == len(shape) + 1 and all(
-            not isinstance(got, int) or got < 0 or got == want for got, want in zip(declared[1:], shape))
-        if np.dtype(spec.dtype) != dtype or not static_ok:
-            raise ContractError(f"output {spec.name} is {np.dtype(spec.dtype)} {_shape_text(declared)}; the contract "
-                                f"(and the metadata) say {dtype} {_shape_text(('B', *shape))}")
+    contract = io_contract(meta)
+    names = sorted(spec.name for spec in inputs)
+    if names != sorted(spec.name for spec in INPUT_SPECS):
+        raise ContractError(f"inputs are {', '.join(names) or 'none'}; the contract says "
+                            f"{', '.join(spec.name for spec in INPUT_SPECS)}")
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for spec in specs:
+            if spec.name not in contract:
+                continue
+            dtype, shape = contract[spec.name]
+            declared = tuple(spec.shape)
+            static_ok = len(declared) == len(shape) + 1 and all(
+                not isinstance(got, int) or got < 0 or got == want for got, want in zip(declared[1:], shape))
+            if np.dtype(spec.dtype) != dtype or not static_ok:
+                raise ContractError(f"{kind} {spec.name} is {np.dtype(spec.dtype)} {_shape_text(declared)}; the "
+                                    f"contract (and the metadata) say {dtype} {_shape_text(('B', *shape))}")
 
 
 def check_outputs(values: dict[str, np.ndarray], meta: GraphMetadata, batch: int) -> None:
@@ -231,7 +276,7 @@ def check_outputs(values: dict[str, np.ndarray], meta: GraphMetadata, batch: int
     Raises:
       ContractError: naming the output and what is wrong.
     """
-    contract = output_contract(meta)
+    contract = io_contract(meta)
     classes = len(meta.class_names)
     for name, value in values.items():
         if name not in contract:

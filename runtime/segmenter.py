@@ -9,7 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .contract import CLASS_PROBS, INPUT, ContractError, GraphMetadata, check_output_specs, check_outputs
+from .contract import CLASS_PROBS, INPUT, ContractError, GraphMetadata, check_io_specs, check_outputs
 from .errors import ModelError, OptionError
 from .instances import InstanceOptions, Instances, Panoptic, PanopticOptions
 from .preprocess import Letterbox, letterbox
@@ -20,12 +20,12 @@ __all__ = ["Segmenter", "check_metadata", "image_outputs"]
 
 
 def check_metadata(runner: Runner) -> GraphMetadata:
-    """The graph's metadata (checked when the runner decoded it), with the outputs it declares checked against
-    the contract it states; a ModelError for a model without it or breaking it."""
+    """The graph's metadata (checked when the runner decoded it), with the inputs and outputs it declares checked
+    against the contract it states; a ModelError for a model without it or breaking it."""
     if runner.metadata is None:
         raise ModelError(f"{runner.path}: no ssprompt metadata; export it with ssp-export")
     try:
-        check_output_specs(runner.outputs, runner.metadata)
+        check_io_specs(runner.inputs, runner.outputs, runner.metadata)
     except ContractError as err:
         raise ModelError(f"{runner.path}: {err}; export it again with ssp-export") from None
     return runner.metadata

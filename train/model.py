@@ -27,7 +27,6 @@ from .baselines import embed_points
 from .config import ModelConfig
 from .decoder import decode_masks
 from .dense_clip import DenseClipEncoder, auto_clip_grid
-from .prompts import SourceInputs, build_prompt_source
 
 __all__ = [
     "SSPrompt",
@@ -154,7 +153,10 @@ class SSPrompt(nn.Module):
         class_names: Sequence[str],
         config: ModelConfig,
         default_semantic: torch.Tensor | None = None,
+        prompts: nn.Module | None = None,
     ) -> None:
+        """`prompts`: a prompt source to use instead of building `config.method`'s (export passes a pack's baked
+        prompts: an object with spatial(), semantic() and learned())."""
         super().__init__()
         self.config = config
         self.class_names = list(class_names)
@@ -190,9 +192,14 @@ class SSPrompt(nn.Module):
         self.register_buffer("logit_scale", backbones.clip.logit_scale.detach().exp().clone())
         self.register_buffer("clip_mean", torch.tensor(clip_mean).reshape(1, 3, 1, 1) * 255.0)
         self.register_buffer("clip_std", torch.tensor(clip_std).reshape(1, 3, 1, 1) * 255.0)
-        self.prompts = build_prompt_source(config.method, SourceInputs(
-            default_spatial, default_semantic, points, self.image_size, sam.prompt_encoder, backbones.clip,
-            backbones.tokenizer, self.class_names, config))
+        if prompts is None:
+            # Imported here: a model given its prompts (export) never loads the prompt sources.
+            from .prompts import SourceInputs, build_prompt_source
+
+            prompts = build_prompt_source(config.method, SourceInputs(
+                default_spatial, default_semantic, points, self.image_size, sam.prompt_encoder, backbones.clip,
+                backbones.tokenizer, self.class_names, config))
+        self.prompts = prompts
 
     @property
     def num_prompts(self) -> int:

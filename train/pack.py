@@ -13,10 +13,10 @@ joint width.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -24,8 +24,13 @@ from ssprompt.runtime.errors import SSPromptError
 from ssprompt.runtime.files import atomic_path
 from ssprompt.runtime.images import brief
 
+from .backbones import BackboneError, Backbones, load_backbones
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
 __all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "Pack", "PackError", "build_pack", "save_pack", "load_pack", "load_tensors",
-           "check_pack_fits", "package_version", "atomic_torch_save", "tensor_problem", "TENSOR_DTYPES"]
+           "check_pack_fits", "load_pack_backbones", "package_version", "atomic_torch_save", "tensor_problem", "TENSOR_DTYPES"]
 
 PACK_FORMAT = "ssprompt.pack"
 PACK_FORMAT_VERSION = 3  # 3: entries named by what they hold, learnables by their prompt source's names
@@ -288,3 +293,42 @@ def check_pack_fits(pack: Pack, source: str | Path, prompt_width: int, semantic_
     if semantic != semantic_width:
         raise PackError(f"{source}: semantic prompts are {semantic} wide; this CLIP embeds in {semantic_width}")
 
+
+
+def load_pack_backbones(pack: Pack, source: str | Path, sam_checkpoint: str | None = None,
+                        clip_pretrained: str | None = None,
+                        random_weights: bool | None = None) -> tuple["ModelConfig", Backbones]:
+    """The backbones the pack names (its model config's SAM and CLIP), refused unless they are the weights it was
+    trained against (sha256) and its prompts fit them (`check_pack_fits`).
+
+    Checkpoints default to the paths recorded in the pack. `source` names the pack (its file) in errors.
+
+    Returns:
+      (ModelConfig): the pack's model config, with the checkpoints and random_weights that were loaded.
+      (Backbones): the loaded backbones.
+
+    Raises:
+      BackboneError: weights that differ from the pack's, naming the option that picks others.
+      PackError: prompts of another width than these backbones embed in.
+    """
+    from .config import ModelConfig, config_from_dict
+
+    config = config_from_dict(ModelConfig, pack.model_config)
+    config = replace(
+        config,
+        sam_checkpoint=sam_checkpoint or config.sam_checkpoint,
+        clip_pretrained=clip_pretrained or config.clip_pretrained,
+        random_weights=config.random_weights if random_weights is None else random_weights,
+    )
+    backbones = load_backbones(config.sam, config.clip, config.sam_checkpoint, config.clip_pretrained, config.random_weights)
+    for name, digest, flag in (("SAM", backbones.sam_sha256, "--sam-checkpoint"), ("CLIP", backbones.clip_sha256, "--clip-pretrained")):
+        expected = pack.backbones.get(f"{name.lower()}_sha256")
+        if digest != expected:
+            raise BackboneError(
+                f"{name} weights (sha256 {digest[:12]}) differ from the pack's (sha256 {str(expected)[:12]}); "
+                f"pass the {flag} it was trained with"
+            )
+    visual = backbones.clip.visual
+    check_pack_fits(pack, source, backbones.sam.prompt_encoder.embed_dim,
+                    getattr(visual, "output_dim", None) or int(visual.proj.shape[1]))
+    return config, backbones

@@ -12,14 +12,14 @@ from ssprompt.runtime.errors import OptionError
 from ssprompt.runtime.instances import InstanceOptions, PanopticOptions
 from ssprompt.runtime.palette import default_palette
 
-from .backbones import BackboneError, load_backbones
+from .backbones import load_backbones
 from .cache import FeatureCache, default_cache_dir
-from .config import ModelConfig, TrainConfig, config_from_dict
+from .config import ModelConfig, TrainConfig
 from .data.layouts import open_folder
 from .data.reading import read_instances
 from .data.sampling import class_presence, sample_k_shot
 from .model import SSPrompt
-from .pack import Pack, PackError, build_pack, check_pack_fits, load_pack, save_pack
+from .pack import Pack, PackError, build_pack, load_pack, load_pack_backbones, save_pack
 from .prompts import PROMPT_SOURCES
 from .features import encode_folder, encoder_identity
 from .loop import TrainResult, train_prompts
@@ -148,29 +148,12 @@ def model_from_pack(
     With `default_prompts`, the model is the zero-shot baseline: nothing of the pack's learning is used.
     `source` names the pack (its file) in errors.
     """
-    config = config_from_dict(ModelConfig, pack.model_config)
-    ids = pack.backbones
-    config = replace(
-        config,
-        method="zero-shot" if default_prompts else pack.method,
-        sam_checkpoint=sam_checkpoint or config.sam_checkpoint,
-        clip_pretrained=clip_pretrained or config.clip_pretrained,
-        random_weights=config.random_weights if random_weights is None else random_weights,
-    )
-    if config.method not in PROMPT_SOURCES:  # before the backbones, which can take minutes to load
-        raise PackError(f"{source}: method {config.method!r} is not a registered prompt source "
+    method = "zero-shot" if default_prompts else pack.method
+    if method not in PROMPT_SOURCES:  # before the backbones, which can take minutes to load
+        raise PackError(f"{source}: method {method!r} is not a registered prompt source "
                         f"({', '.join(PROMPT_SOURCES)}); a newer ssprompt or a plug-in wrote it")
-    backbones = load_backbones(config.sam, config.clip, config.sam_checkpoint, config.clip_pretrained, config.random_weights)
-    for name, digest, flag in (("SAM", backbones.sam_sha256, "--sam-checkpoint"), ("CLIP", backbones.clip_sha256, "--clip-pretrained")):
-        expected = ids.get(f"{name.lower()}_sha256")
-        if digest != expected:
-            raise BackboneError(
-                f"{name} weights (sha256 {digest[:12]}) differ from the pack's (sha256 {str(expected)[:12]}); "
-                f"pass the {flag} it was trained with"
-            )
-    visual = backbones.clip.visual
-    check_pack_fits(pack, source, backbones.sam.prompt_encoder.embed_dim,
-                    getattr(visual, "output_dim", None) or int(visual.proj.shape[1]))
+    config, backbones = load_pack_backbones(pack, source, sam_checkpoint, clip_pretrained, random_weights)
+    config = replace(config, method=method)
     model = SSPrompt(backbones, pack.class_names, config, default_semantic=pack.default_semantic)
     if not default_prompts:
         targets = model.prompts.learned()

@@ -123,6 +123,24 @@ def test_fp16_export_keeps_only_the_listed_ops_in_fp32(fp16_export):
         onnx.TensorProto.FLOAT]
 
 
+def test_the_graphs_inputs_and_outputs_are_the_contract_tables(fp32_export):
+    """Names, order, element types and every axis of the exported graph, against runtime/contract.py's table at the
+    sizes its metadata states."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from ssprompt.runtime.contract import BATCH_AXIS, INPUT_SPECS, OUTPUT_SPECS
+
+    model = onnx.load(str(fp32_export.onnx))
+    sizes = GraphMetadata.decode({p.key: p.value for p in model.metadata_props}).axis_sizes()
+    assert sizes == {"side": 256, "mask": 64, "prompts": 64, "classes": 5}
+    for declared, specs in ((model.graph.input, INPUT_SPECS), (model.graph.output, OUTPUT_SPECS)):
+        assert [v.name for v in declared] == [spec.name for spec in specs]
+        for value, spec in zip(declared, specs):
+            assert tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type) == np.dtype(spec.dtype), spec.name
+            dims = tuple(d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim)
+            assert dims == spec.shape(sizes) and dims[0] == BATCH_AXIS, spec.name
+
+
 def test_every_axis_but_the_batch_is_declared_static_and_matches_the_outputs(fp32_export):
     session = ort.InferenceSession(str(fp32_export.onnx), providers=["CPUExecutionProvider"])
     declared = {o.name: o.shape for o in session.get_outputs()}

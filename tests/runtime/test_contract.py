@@ -1,11 +1,15 @@
-"""GraphMetadata: what encode writes, decode reads back; a damaged field is named in one line."""
+"""GraphMetadata: what encode writes, decode reads back; a damaged field is named in one line. The I/O table:
+what a graph declares is checked against it by name."""
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from ssprompt.runtime.contract import METADATA_PREFIX, EngineFacts, GraphMetadata, MetadataError, Normalization
+from ssprompt.runtime.contract import (INPUT, LABELS, METADATA_PREFIX, ContractError, EngineFacts, GraphMetadata,
+                                       MetadataError, Normalization, check_io_specs)
 
 META = GraphMetadata(
     class_names=["road", "car"], palette=[[128, 64, 128], [0, 0, 142]], input_size=256, mask_size=64, num_prompts=16,
@@ -66,3 +70,25 @@ def test_a_graph_from_before_instances_reads_as_contract_1_without_things():
     meta = GraphMetadata.decode(props)
     assert (meta.contract_version, meta.thing_classes, meta.has_instances) == (1, [], False)
     assert GraphMetadata.decode(META.encode()).has_instances
+
+
+def _declared(name: str, dtype: str, *shape) -> SimpleNamespace:
+    """A tensor as a runner describes it: name, dtype, shape with the batch axis named."""
+    return SimpleNamespace(name=name, dtype=np.dtype(dtype), shape=("batch", *shape))
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ([_declared(INPUT, "float32", 256, 256, 3)],
+     "input images is float32 (B, 256, 256, 3); the contract (and the metadata) say uint8 (B, 256, 256, 3)"),
+    ([_declared(INPUT, "uint8", 512, 512, 3)],
+     "input images is uint8 (B, 512, 512, 3); the contract (and the metadata) say uint8 (B, 256, 256, 3)"),
+    ([_declared(INPUT, "uint8", 256, 256)],
+     "input images is uint8 (B, 256, 256); the contract (and the metadata) say uint8 (B, 256, 256, 3)"),
+    ([_declared("pixels", "uint8", 256, 256, 3)], "inputs are pixels; the contract says images"),
+])
+def test_a_graph_declaring_another_input_than_the_table_is_refused_by_name(inputs, message):
+    labels = [_declared(LABELS, "int32", 256, 256)]
+    check_io_specs([_declared(INPUT, "uint8", 256, 256, 3)], labels, META)  # the table's own input passes
+    with pytest.raises(ContractError) as raised:
+        check_io_specs(inputs, labels, META)
+    assert str(raised.value) == message

@@ -98,7 +98,7 @@ def test_bad_model_file_is_a_clear_error(val_images, tmp_path):
 def test_runner_checks_inputs_against_the_model(onnx_model):
     with OnnxRuntimeRunner(onnx_model) as runner:
         assert runner.metadata.class_names[0] == "background"
-        with pytest.raises(ValueError, match="must be uint8"):
+        with pytest.raises(ValueError, match=rf"model.onnx: input {INPUT} must be uint8 with 4 dims .*, got float32"):
             runner.infer({INPUT: np.zeros((1, 256, 256, 3), np.float32)})
         with pytest.raises(ValueError, match=r"shape \('batch', 256, 256, 3\)"):
             runner.infer({INPUT: np.zeros((1, 128, 128, 3), np.uint8)})

@@ -129,12 +129,12 @@ def test_a_version_2_pack_of_a_baseline_keeps_its_learnable(pack, tmp_path):
 
 
 def test_pack_of_an_unknown_method_is_refused_naming_the_file_before_the_backbones_load(pack, tmp_path, monkeypatch):
-    from ssprompt.train import pipeline
+    from ssprompt.train import pack as pack_module, pipeline
 
     def load_backbones(*args):
         raise AssertionError("backbones loaded for a pack that cannot be used")
 
-    monkeypatch.setattr(pipeline, "load_backbones", load_backbones)
+    monkeypatch.setattr(pack_module, "load_backbones", load_backbones)
     save_pack(replace(pack, method="magic"), tmp_path / "magic.pt")
     with pytest.raises(PackError, match=r"magic.pt: method 'magic' is not a registered prompt source \(ssprompt, zero-shot"):
         pipeline.model_from_pack(load_pack(tmp_path / "magic.pt"), device="cpu", source=tmp_path / "magic.pt")
