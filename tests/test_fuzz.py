@@ -36,7 +36,7 @@ SEED = 20261126
 PACK_OUTCOMES = (127, 51, 4)  # of 150 byte cases refused; of 60 value cases refused at load, and used by the model
 IMAGES_READ = 51  # of 175 damaged images, decoded
 LABELS_READ = 2  # of 120 damaged dataset cases, a label read
-MODEL_OUTCOMES = (12, 118)  # of 120 damaged models and 10 engines: run, refused
+MODEL_OUTCOMES = (11, 119)  # of 120 damaged models and 10 engines: run, refused
 RUN_SEGMENTED = 4  # of 60 damaged images and a good one, segmented by ssp-run (the rest skipped)
 
 
