@@ -17,9 +17,10 @@ from .config import ModelConfig, TrainConfig, config_from_dict
 from .data import class_presence, open_folder, read_instances, sample_k_shot
 from .model import SSPrompt
 from .pack import Pack, PackError, build_pack, check_pack_fits, load_pack, save_pack
-from .prompts import PROMPT_SOURCES
 from .features import encode_folder, encoder_identity
 from .loop import TrainResult, train_prompts
+from .methods.registry import get_method
+from .methods.zero_shot import ZERO_SHOT
 from .metrics import InstanceScoring, evaluate
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
@@ -57,6 +58,8 @@ def train_pack(
     """
     out = Path(out)
     dev = pick_device(device)
+    method = get_method(model_config.method)
+    method.parse_options(model_config.method_options)  # before the data and the backbones
     began = time.perf_counter()
     folder = open_folder(config.data, config.split, config.void)
     config = replace(config, void=folder.void)  # Cityscapes fixes its own void (255)
@@ -72,6 +75,9 @@ def train_pack(
         model_config.random_weights,
     )
     model = SSPrompt(backbones, folder.class_names, model_config).to(dev)
+    if model.encoder_adapter.learned():
+        raise NotImplementedError(f"method {method.name}: its encoder adapter learns, and training runs on cached "
+                                  "encoder outputs; encoder-in-the-loop training is not wired yet")
     cache = _cache(config, model, backbones)
 
     encode_began = time.perf_counter()
@@ -86,7 +92,7 @@ def train_pack(
 
     before = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
     checkpoint = out.with_name(out.name + ".ckpt")
-    if not model.prompts.learned():  # a source without learnables (zero-shot): the pack holds its prompts
+    if not model.learned():  # a method without learnables (zero-shot): the pack holds its prompts
         result = TrainResult(steps=0, resumed_from=0, losses=[], seconds=0.0)
         after = before
     else:
@@ -106,15 +112,14 @@ def train_pack(
                       folder.thing_classes)
     save_pack(pack, out)
     checkpoint.unlink(missing_ok=True)
-    if weights_plot and "semantic_weight_logit" not in pack.learned:
-        log(f"no fusion weights to plot: method {model_config.method} has none")
+    if weights_plot and method.plot is None:
+        log(f"nothing to plot: method {method.name} draws no picture of what it learned")
     elif weights_plot:
-        from .plots import plot_fusion_weights
-
-        plot_fusion_weights(pack, weights_plot)
+        method.plot(pack, weights_plot)
     return {
         "pack": str(out),
         "method": model_config.method,
+        "starts_from": method.starts_from,
         "images": len(indices),
         "cache_hits": hits,
         "cache_misses": misses,
@@ -149,14 +154,16 @@ def model_from_pack(
     ids = pack.backbones
     config = replace(
         config,
-        method="zero-shot" if default_prompts else pack.method,
+        method=ZERO_SHOT.name if default_prompts else pack.method,
+        method_options={} if default_prompts else config.method_options,
         sam_checkpoint=sam_checkpoint or config.sam_checkpoint,
         clip_pretrained=clip_pretrained or config.clip_pretrained,
         random_weights=config.random_weights if random_weights is None else random_weights,
     )
-    if config.method not in PROMPT_SOURCES:  # before the backbones, which can take minutes to load
-        raise PackError(f"{source}: method {config.method!r} is not a registered prompt source "
-                        f"({', '.join(PROMPT_SOURCES)}); a newer ssprompt or a plug-in wrote it")
+    try:  # before the backbones, which can take minutes to load
+        get_method(config.method).parse_options(config.method_options)
+    except (TypeError, ValueError) as err:
+        raise PackError(f"{source}: {err}; a newer ssprompt or a plug-in wrote it") from None
     backbones = load_backbones(config.sam, config.clip, config.sam_checkpoint, config.clip_pretrained, config.random_weights)
     for name, digest, flag in (("SAM", backbones.sam_sha256, "--sam-checkpoint"), ("CLIP", backbones.clip_sha256, "--clip-pretrained")):
         expected = ids.get(f"{name.lower()}_sha256")
@@ -170,10 +177,10 @@ def model_from_pack(
                     getattr(visual, "output_dim", None) or int(visual.proj.shape[1]))
     model = SSPrompt(backbones, pack.class_names, config, default_semantic=pack.default_semantic)
     if not default_prompts:
-        targets = model.prompts.learned()
+        targets = model.learned()
         if set(targets) != set(pack.learned):
             raise PackError(f"{source}: a {pack.method} pack holds {', '.join(sorted(pack.learned)) or 'no learnables'}; "
-                            f"its prompt source needs {', '.join(sorted(targets)) or 'none'}")
+                            f"its method needs {', '.join(sorted(targets)) or 'none'}")
         with torch.no_grad():
             for name, target in targets.items():
                 if pack.learned[name].shape != target.shape:

@@ -35,7 +35,8 @@ def test_pack_round_trips_with_weights_only(tmp_path, pack):
     assert torch.equal(again["spatial_prompts"], pack.spatial_prompts)
     assert again["class_names"] == list(TASK_CLASSES)
     assert again["thing_classes"] == [1, 2, 3, 4]  # the world's classes.txt marks the four shapes [thing]
-    assert again["format_version"] == PACK_FORMAT_VERSION == 3
+    assert again["format_version"] == PACK_FORMAT_VERSION == 4
+    assert again["model_config"]["method_options"] == {"learn": "both", "fixed_weights": False}  # every option, defaults too
     assert set(again["learned"]) == {"spatial_embedding", "spatial_weight_logit", "semantic_embedding", "semantic_weight_logit"}
 
 
@@ -102,6 +103,38 @@ def test_a_version_2_pack_of_a_baseline_keeps_its_learnable(pack, tmp_path):
     assert again.method == "vspl" and list(again.learned) == ["point_logits"]
 
 
+def _version_3(pack: Pack, method: str, **options) -> dict:
+    """The pack as version 3 wrote it: every method's options among model_config's own keys (here, the
+    defaults of version 3's ModelConfig with `options` over them)."""
+    config = {k: v for k, v in pack.model_config.items() if k != "method_options"}
+    config.update(method=method, coop_init="a photo of a", coop_context=16, learn_spatial=True, learn_semantic=True,
+                  learn_weights=True, **options)
+    return _raw(pack, format_version=3, method=method, model_config=config)
+
+
+@pytest.mark.parametrize("method, old, options", [
+    ("ssprompt", {"learn_semantic": False, "learn_weights": False}, {"learn": "spatial", "fixed_weights": True}),
+    ("ssprompt", {"learn_spatial": False}, {"learn": "semantic", "fixed_weights": False}),
+    ("coop", {"coop_init": "", "coop_context": 7}, {"init": "", "context": 7}),
+    ("coop", {"coop_init": "a cartoon of a"}, {"init": "a cartoon of a", "context": None}),  # 16 unused: not kept
+    ("vspl", {"coop_init": "", "learn_weights": False}, {}),  # another method's keys: dropped
+])
+def test_a_version_3_pack_keeps_its_methods_options_under_method_options(pack, tmp_path, method, old, options):
+    torch.save(_version_3(pack, method, **old), tmp_path / "v3.pt")
+    config = load_pack(tmp_path / "v3.pt").model_config
+    assert config["method_options"] == options
+    assert not {"coop_init", "coop_context", "learn_spatial", "learn_semantic", "learn_weights"} & set(config)
+
+
+def test_a_version_3_ablation_pack_rebuilds_the_ablation(pack, tmp_path):
+    from ssprompt.train.pipeline import model_from_pack
+
+    torch.save(_version_3(pack, "ssprompt", learn_semantic=False), tmp_path / "v3.pt")
+    model, _ = model_from_pack(load_pack(tmp_path / "v3.pt"), device="cpu")
+    assert {name for name, p in model.learned().items() if p.requires_grad} == {"spatial_embedding", "spatial_weight_logit"}
+    torch.testing.assert_close(model.spatial_prompts().detach(), pack.spatial_prompts)
+
+
 def test_pack_of_an_unknown_method_is_refused_naming_the_file_before_the_backbones_load(pack, tmp_path, monkeypatch):
     from ssprompt.train import pipeline
 
@@ -110,7 +143,7 @@ def test_pack_of_an_unknown_method_is_refused_naming_the_file_before_the_backbon
 
     monkeypatch.setattr(pipeline, "load_backbones", load_backbones)
     save_pack(replace(pack, method="magic"), tmp_path / "magic.pt")
-    with pytest.raises(PackError, match=r"magic.pt: method 'magic' is not a registered prompt source \(ssprompt, zero-shot"):
+    with pytest.raises(PackError, match=r"magic.pt: method 'magic' is not a registered method \(ssprompt, zero-shot"):
         pipeline.model_from_pack(load_pack(tmp_path / "magic.pt"), device="cpu", source=tmp_path / "magic.pt")
 
 
