@@ -210,7 +210,7 @@ def _method_options(method: Method, opts: dict) -> dict:
 @click.option("--cache-dir", default="", help="Encoder feature cache (default ~/.cache/ssprompt or $SSPROMPT_CACHE).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--out", required=True, type=OutputFile(), help="Pack to write (pack.pt).")
-@click.option("--weights-plot", type=OutputFile(), help="Also draw the learned fusion weights (PNG).")
+@click.option("--weights-plot", type=OutputFile(), help="Also draw what the method learned (PNG; SSPrompt: its fusion weights).")
 @click.option("--force", is_flag=True, help="Overwrite an existing pack.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(**opts) -> None:
