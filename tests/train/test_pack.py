@@ -107,8 +107,8 @@ def _version_3(pack: Pack, method: str, **options) -> dict:
     """The pack as version 3 wrote it: every method's options among model_config's own keys (here, the
     defaults of version 3's ModelConfig with `options` over them)."""
     config = {k: v for k, v in pack.model_config.items() if k != "method_options"}
-    config.update(method=method, coop_init="a photo of a", coop_context=16, learn_spatial=True, learn_semantic=True,
-                  learn_weights=True, **options)
+    config.update({"method": method, "coop_init": "a photo of a", "coop_context": 16, "learn_spatial": True,
+                   "learn_semantic": True, "learn_weights": True, **options})
     return _raw(pack, format_version=3, method=method, model_config=config)
 
 

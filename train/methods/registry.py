@@ -22,7 +22,8 @@ What a method may change of the model: four parts (base.py), each built by one b
 (b) `encoder_adapter` -> EncoderAdapter: modules applied to SAM's image encoder, e.g. LoRA
     (default: none, SAM's frozen encoder as is).
 (c) `decoding` -> Decoding: how the decoder runs over the prompts, e.g. self-prompting
-    iterations (default: one pass).
+    iterations, or an adapter refining the prompts from the image before the decoder (PA-SAM)
+    (default: one pass).
 (d) `extra_loss` -> ExtraLoss: a term added to the training loss, e.g. self-distillation
     (default: none).
 
@@ -30,8 +31,13 @@ Everything a part names in `learned()` trains and is stored in packs and checkpo
 name. Callers ask a method what it has instead of testing its name: `starts_from` (what training
 starts from, for the before/after line), `plot` (a picture of what it learned, or None).
 
+Not wired yet, for the methods that will need it: training runs on cached encoder outputs, so
+an encoder adapter that learns is refused (train_pack), and the exported graph bakes in the
+default single-pass decoding.
+
 Methods outside this package register the same way from a module named by an entry point of
-the group `ssprompt.methods`; importing `ssprompt.train.methods` imports them.
+the group `ssprompt.methods`; importing `ssprompt.train.methods` imports them. Such a module
+imports from `methods.base` and `methods.registry` (model.py imports the registry).
 """
 
 from __future__ import annotations
