@@ -37,7 +37,7 @@ from common import header, write_plot, table_lines  # noqa: E402
 
 from ssprompt.runtime.files import write_text_atomic  # noqa: E402
 
-# The methods compared in the paper's Tables 2, 6 and 8: name -> ModelConfig settings.
+# The methods compared in the paper's Tables 2, 6 and 8: name -> settings (the method, then its own options).
 METHOD_RUNS = {
     "zero-shot": {"method": "zero-shot"},
     "CoOp": {"method": "coop"},
@@ -46,11 +46,11 @@ METHOD_RUNS = {
 }
 # The paper's Table 5: (spatial embedding, spatial weight, semantic embedding, semantic weight) learn?
 ABLATION_RUNS = {
-    (True, False, False, False): {"learn_semantic": False, "learn_weights": False},
-    (True, True, False, False): {"learn_semantic": False},
-    (False, False, True, False): {"learn_spatial": False, "learn_weights": False},
-    (False, False, True, True): {"learn_spatial": False},
-    (True, False, True, False): {"learn_weights": False},
+    (True, False, False, False): {"method": "ssprompt", "learn": "spatial", "fixed_weights": True},
+    (True, True, False, False): {"method": "ssprompt", "learn": "spatial"},
+    (False, False, True, False): {"method": "ssprompt", "learn": "semantic", "fixed_weights": True},
+    (False, False, True, True): {"method": "ssprompt", "learn": "semantic"},
+    (True, False, True, False): {"method": "ssprompt", "fixed_weights": True},
     (True, True, True, True): {"method": "ssprompt"},  # SSPrompt itself: the run is shared with METHOD_RUNS
 }
 
@@ -91,7 +91,8 @@ def train_and_evaluate(args, settings: dict, shots: int, seed: int, work: Path, 
 
     model_config = ModelConfig(sam=args.sam, sam_checkpoint=args.sam_checkpoint, clip=args.clip,
                                clip_pretrained=args.clip_pretrained, random_weights=args.random_weights,
-                               num_prompts=args.prompts, **settings)
+                               num_prompts=args.prompts, method=settings["method"],
+                               method_options={k: v for k, v in settings.items() if k != "method"})
     config = TrainConfig(data=args.data, split=args.split, val_split=args.val_split, void=args.void, shots=shots, seed=seed,
                          epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          short_side=args.short_side, cache_dir=cache_dir)

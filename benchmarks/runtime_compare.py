@@ -229,7 +229,7 @@ class Unfused:
         import torch.nn.functional as F
 
         from ssprompt.train.model import mask_class_logits, semantic_map
-        from ssprompt.train.prompts import fuse_prompts
+        from ssprompt.train.methods.ssprompt import fuse_prompts
 
         model, sam = self.model, self.model.sam
         image_pe = sam.prompt_encoder.get_dense_pe()

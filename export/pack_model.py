@@ -2,7 +2,8 @@
 prompts it baked in.
 
 Export never rebuilds the prompt source that trained the pack, nor recomputes its prompts (CoOp's would rerun
-CLIP's text tower): the pack is the hand-off, and a pack of a method this ssprompt does not know exports too.
+CLIP's text tower): the pack is the hand-off. The method's other parts (encoder adapter, decoding) come from its
+registered module, so a pack of a method this ssprompt does not know is refused.
 
 Shapes: N spatial prompts, T tokens a prompt, E SAM's prompt width, C classes, D CLIP's joint width.
 """

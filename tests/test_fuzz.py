@@ -317,6 +317,7 @@ def _accept_everywhere(name: str, params: dict) -> None:
     (a refusal there would be exit 1 after work began, not exit 2)."""
     from ssprompt.runtime.cli import options_from
     from ssprompt.train.config import ModelConfig, TrainConfig
+    from ssprompt.train.methods.coop import COOP
     from ssprompt.train.pretrain import PretrainConfig
 
     for value in params.values():
@@ -330,7 +331,8 @@ def _accept_everywhere(name: str, params: dict) -> None:
     if name == "ssp-run":
         assert params["batch"] >= 1
     if name == "ssp-train":
-        ModelConfig(num_prompts=params["num_prompts"], coop_context=params["coop_context"] or 16)
+        ModelConfig(num_prompts=params["num_prompts"])
+        COOP.parse_options({"init": "", "context": params["coop_context"]})  # the context's length, where it applies
         TrainConfig(void=params["void"], shots=params["shots"], seed=params["seed"], epochs=params["epochs"],
                     batch_size=params["batch_size"], lr=params["lr"], weight_decay=params["weight_decay"],
                     short_side=params["short_side"])

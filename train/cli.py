@@ -1,24 +1,26 @@
 """Command lines: ssp-train, ssp-eval and ssp-synth (ssp-demo: demo.py). Defaults come from the config
-dataclasses (config.py), methods from the prompt-source registry (prompts.py)."""
+dataclasses (config.py); ssp-train's --method and each method's own options from the method registry
+(methods/registry.py), made from the methods' options dataclasses."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from dataclasses import Field, asdict, fields
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ssprompt.runtime.cli import options_from, postprocess_options
 from ssprompt.runtime.options import (LABEL_VALUE, POSITIVE, SEED, FiniteFloat, OutputFile, Parsed, PositiveFinite,
                                       reported_errors)
 
 from .config import ModelConfig, TrainConfig
-from .prompts import PROMPT_SOURCES
+from .methods.registry import METHODS, Method, get_method, option_types
 
 __all__ = ["train_command", "eval_command", "synth_command"]
-
-LEARN_CHOICES = ("both", "spatial", "semantic")
 
 
 def _square(text: str) -> int:
@@ -83,7 +85,7 @@ def _print_summary(summary: dict) -> None:
     )
     if summary["before"] and summary["after"]:
         click.echo(
-            f"held-out mIoU: {'initial context' if summary['method'] == 'coop' else 'default prompts'} "
+            f"held-out mIoU: {summary['starts_from']} "
             f"{100 * summary['before']['miou']:.1f} -> "
             f"{summary['method']} {100 * summary['after']['miou']:.1f}"
         )
@@ -102,7 +104,79 @@ def _backbone_options(fn):
     return fn
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _click_option(method: Method, field: Field, kind: type) -> click.Option:
+    """The ssp-train option of one field of a method's options dataclass: its type, default and help."""
+    flag, meta = method.option_flag(field.name), field.metadata
+    text = f"{meta.get('help', '')} [--method {method.name}]"
+    if kind is bool:  # False: a flag that switches it on; True: --NAME/--no-NAME
+        declaration = flag if field.default is False else f"{flag}/--no-{flag[2:]}"
+        return click.Option([declaration], is_flag=True, default=field.default, show_default=field.default is True, help=text)
+    if meta.get("choices"):
+        value_type = click.Choice(meta["choices"])
+    elif kind is int:
+        value_type = click.IntRange(min=meta.get("min"), max=meta.get("max"))
+    elif kind is float:
+        value_type = FiniteFloat(min=meta.get("min"), max=meta.get("max"))
+    else:
+        value_type = click.STRING
+    return click.Option([flag], type=value_type, default=field.default, show_default=field.default is not None, help=text)
+
+
+@functools.lru_cache(maxsize=1)
+def _method_params(methods: tuple[Method, ...]) -> list[click.Option]:
+    """--method and every method's own options, in registration order."""
+    described = ", ".join(f"{m.name} ({m.description})" for m in methods)
+    params = [click.Option(["--method"], type=click.Choice([m.name for m in methods]), default=ModelConfig.method,
+                           show_default=True, help=f"What learns: {described}; every method trains and is evaluated the same way.")]
+    for method in methods:
+        types = option_types(method.options)
+        params += [_click_option(method, f, types[f.name][0]) for f in fields(method.options)]
+    return params
+
+
+def _option_names(method: Method) -> dict[str, str]:
+    """Field of the method's options dataclass -> the name click gives its ssp-train option."""
+    return {f.name: method.option_flag(f.name)[2:].replace("-", "_") for f in fields(method.options)}
+
+
+class MethodOptionsCommand(click.Command):
+    """A command whose options include --method and each registered method's own options, brought up to
+    date whenever they are asked for: a method registered after this module was imported gets its options too."""
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        generated = _method_params(tuple(METHODS.values()))
+        if generated is not self._generated:  # the one list object, kept: click appends to it and pops from it
+            own = [p for p in self._params if p not in self._generated]
+            taken = {p.name for p in own}.intersection(p.name for p in generated)
+            if taken:  # a method's option named as one of ssp-train's own (the registry keeps methods' apart)
+                raise ValueError(f"a method's option clashes with ssp-train's --{sorted(taken)[0].replace('_', '-')}")
+            at = next(i for i, p in enumerate(own) if p.name == "num_prompts") + 1
+            self._params[:] = [*own[:at], *generated, *own[at:]]
+            self._generated = generated
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params, self._generated = list(value), []
+
+
+def _method_options(method: Method, opts: dict) -> dict:
+    """The chosen method's options from ssp-train's values, as a dict; an option of another method given is an error."""
+    ctx = click.get_current_context()
+    for other in METHODS.values():
+        for field_name, name in _option_names(other).items():
+            given = ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+            if given and other is not method:
+                raise click.ClickException(f"{other.option_flag(field_name)} is an option of --method {other.name}; "
+                                           f"--method {method.name} does not take it")
+    try:
+        return asdict(method.parse_options({f: opts[name] for f, name in _option_names(method).items()}))
+    except (TypeError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.command(cls=MethodOptionsCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="Dataset folder (classes.txt + images/labels).")
 @click.option("--split", default=None, help="Split folder to draw the shots from (e.g. train).")
 @click.option("--val-split", default=None, help="Held-out split: mIoU before and after training.")
@@ -112,13 +186,6 @@ def _backbone_options(fn):
 @click.option("--shots", default=TrainConfig.shots, show_default=True, type=POSITIVE, help="k labelled images per class.")
 @click.option("--prompts", "num_prompts", default=ModelConfig.num_prompts, show_default=True, type=Parsed(_square, "square"),
               help="Spatial prompts N (a square: sqrt(N) x sqrt(N) point grid).")
-@click.option("--method", type=click.Choice(list(PROMPT_SOURCES)), default=ModelConfig.method, show_default=True,
-              help="SSPrompt, or a baseline trained and evaluated the same way: zero-shot (default prompts, no training), "
-                   "coop (learnable text context through CLIP's text tower), vspl (learnable point coordinates).")
-@click.option("--coop-init", default=ModelConfig.coop_init, show_default=True, help="CoOp: words whose embeddings start the context ('' = random).")
-@click.option("--coop-context", type=POSITIVE, help="CoOp: random context vectors, with --coop-init '' [default: 16].")
-@click.option("--learn", type=click.Choice(LEARN_CHOICES), default="both", show_default=True, help="SSPrompt ablation: which prompts learn.")
-@click.option("--fixed-weights", is_flag=True, help="SSPrompt ablation: keep fusion weights at 0.5 (embeddings learn, weights do not).")
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True, type=POSITIVE)
 @click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=POSITIVE)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=TrainConfig.optimizer, show_default=True)
@@ -131,7 +198,7 @@ def _backbone_options(fn):
 @click.option("--cache-dir", default="", help="Encoder feature cache (default ~/.cache/ssprompt or $SSPROMPT_CACHE).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--out", required=True, type=OutputFile(), help="Pack to write (pack.pt).")
-@click.option("--weights-plot", type=OutputFile(), help="Also draw the learned fusion weights (PNG).")
+@click.option("--weights-plot", type=OutputFile(), help="Also draw what the method learned (PNG; SSPrompt: its fusion weights).")
 @click.option("--force", is_flag=True, help="Overwrite an existing pack.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(**opts) -> None:
@@ -144,23 +211,16 @@ def train_command(**opts) -> None:
     out = Path(opts["out"])
     if out.exists() and not opts["force"]:
         raise click.ClickException(f"{out}: exists; pass --force to overwrite")
-    if opts["method"] != "ssprompt" and (opts["learn"] != "both" or opts["fixed_weights"]):
-        raise click.ClickException(f"--learn and --fixed-weights are SSPrompt ablations; --method {opts['method']} has no fusion weights")
-    if opts["method"] != "coop" and (opts["coop_init"] != ModelConfig.coop_init or opts["coop_context"] is not None):
-        raise click.ClickException(f"--coop-init and --coop-context set up CoOp; they do not apply to --method {opts['method']}")
-    if opts["coop_init"] and opts["coop_context"] is not None:
-        raise click.ClickException("--coop-context sets the number of random context vectors: pass it with --coop-init ''")
+    method = get_method(opts["method"])
+    method_options = _method_options(method, opts)
 
     def job():
         from ssprompt.runtime.files import exclusive
 
         model_config = ModelConfig(
             sam=opts["sam"], sam_checkpoint=opts["sam_checkpoint"], clip=opts["clip_name"],
-            clip_pretrained=opts["clip_pretrained"], random_weights=opts["random_weights"], method=opts["method"],
-            coop_init=opts["coop_init"], coop_context=opts["coop_context"] or ModelConfig.coop_context,
-            num_prompts=opts["num_prompts"],
-            learn_spatial=opts["learn"] in ("both", "spatial"),
-            learn_semantic=opts["learn"] in ("both", "semantic"), learn_weights=not opts["fixed_weights"],
+            clip_pretrained=opts["clip_pretrained"], random_weights=opts["random_weights"], method=method.name,
+            method_options=method_options, num_prompts=opts["num_prompts"],
         )
         config = TrainConfig(
             data=opts["data"], split=opts["split"], val_split=opts["val_split"], void=opts["void"],

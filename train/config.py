@@ -1,11 +1,15 @@
-"""Configs of the model and of a training run; both are saved inside the pack as plain dicts."""
+"""Configs of the model and of a training run; both are saved inside the pack as plain dicts.
+
+`ModelConfig` holds what every method shares; a method's own options live in its options
+dataclass (methods/registry.py), kept here as the dict `method_options`.
+"""
 
 from __future__ import annotations
 
 import math
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 __all__ = ["ModelConfig", "TrainConfig", "config_from_dict"]
 
@@ -17,24 +21,20 @@ class ModelConfig:
     clip: str = "tiny"  # open_clip model name, or tiny
     clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (tiny: its pretrained weights when None)
     random_weights: bool = False  # seeded random backbones: full-size without weights, tiny without its pretrained ones
-    method: str = "ssprompt"  # the prompt source (prompts.py registry): ssprompt, zero-shot, coop, vspl, ...
-    coop_init: str = "a photo of a"  # CoOp: context initialised from these words' embeddings ("" = random)
-    coop_context: int = 16  # CoOp: context vectors M when coop_init is ""
+    method: str = "ssprompt"  # the method (methods/ registry): ssprompt, zero-shot, coop, vspl, ...
+    method_options: dict = field(default_factory=dict)  # the method's own options by field name (its dataclass's)
     num_prompts: int = 100  # N spatial prompts, one per point of a sqrt(N) x sqrt(N) grid
     clip_grid: int = 0  # side of the dense CLIP feature grid; 0 = auto (about 2x CLIP's native grid)
-    learn_spatial: bool = True  # ssprompt ablation: learn the spatial prompts and their weights
-    learn_semantic: bool = True  # ssprompt ablation: learn the semantic prompts and their weights
-    learn_weights: bool = True  # ssprompt ablation: False keeps every fusion weight at sigmoid(0) = 0.5
     decoder_chunk: int = 25  # prompts per mask-decoder call; bounds activation memory
 
     def __post_init__(self) -> None:
         side = math.isqrt(self.num_prompts)
         if self.num_prompts < 1 or side * side != self.num_prompts:
             raise ValueError(f"num_prompts must be a perfect square (a point grid), got {self.num_prompts}")
-        if self.coop_context < 1:
-            raise ValueError(f"--coop-context must be at least 1, got {self.coop_context}")
         if self.decoder_chunk < 1:
             raise ValueError(f"decoder_chunk must be positive, got {self.decoder_chunk}")
+        if not isinstance(self.method_options, dict):
+            raise TypeError(f"method_options must be a dict, got {type(self.method_options).__name__}")
 
     @property
     def grid_side(self) -> int:

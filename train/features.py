@@ -36,12 +36,16 @@ class Features:
 
 def encoder_identity(model: SSPrompt, backbones) -> dict:
     """Everything the encoders' outputs depend on besides the image: the cache's key."""
-    return {
+    identity = {
         **backbones.identity(),  # digests, and the names: ViT-B-16 and ViT-B-16-quickgelu share weights
         "image_size": model.image_size,
         "normalization": asdict(model.normalization()),
         "pad": list(model.pad_value),
     }
+    adapter = model.encoder_adapter.identity()
+    if adapter is not None:  # the plain encoder's key stays as it was: existing caches still hit
+        identity["encoder_adapter"] = adapter
+    return identity
 
 
 def encode_folder(

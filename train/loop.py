@@ -1,5 +1,5 @@
-"""The training loop: per-pixel cross-entropy on the semantic map, SGD or AdamW with a poly schedule,
-resumable from a checkpoint.
+"""The training loop: per-pixel cross-entropy on the semantic map (plus the method's extra loss term,
+none by default), SGD or AdamW with a poly schedule, resumable from a checkpoint.
 
 The loss compares the semantic map with each label at the label's own resolution, by sampling
 the map at the label's pixel centres (`label_probabilities`).
@@ -56,16 +56,20 @@ def label_probabilities(semantic: torch.Tensor, extent: tuple[int, int], image_s
 
 
 def segmentation_loss(model: SSPrompt, batch: Sequence[Features], void: int) -> torch.Tensor:
-    """Per-pixel cross-entropy on log S over the batch's labelled pixels, void pixels ignored."""
+    """Per-pixel cross-entropy on log S over the batch's labelled pixels, void pixels ignored, plus the
+    method's extra loss term (methods/base.py ExtraLoss; none by default)."""
     sam = torch.stack([f.sam for f in batch])
     clip = torch.stack([f.clip for f in batch])
-    semantic = model(sam, clip).semantic  # (B, C, M, M)
+    prediction = model(sam, clip)
+    semantic = prediction.semantic  # (B, C, M, M)
     total, pixels = semantic.new_zeros(()), 0
     for probs, feats in zip(semantic, batch):
         at_label = label_probabilities(probs, feats.extent, model.image_size, tuple(feats.label.shape))
         total = total + F.nll_loss(at_label.clamp_min(1e-8).log()[None], feats.label[None], ignore_index=void, reduction="sum")
         pixels += int((feats.label != void).sum())
-    return total / max(pixels, 1)  # an all-void batch gives 0, not NaN
+    loss = total / max(pixels, 1)  # an all-void batch gives 0, not NaN
+    extra = model.extra_loss.loss(model, prediction, batch)
+    return loss if extra is None else loss + extra
 
 
 @dataclass
@@ -85,7 +89,7 @@ def _fingerprint(config: TrainConfig, model: SSPrompt, items: Sequence[Sequence[
             digest.update(f.label.cpu().numpy().tobytes())
             digest.update(f.sam.flatten()[:256].cpu().numpy().tobytes())
             digest.update(f.clip.flatten()[:256].cpu().numpy().tobytes())
-    learned = {name: list(p.shape) for name, p in model.prompts.learned().items()}  # the names the checkpoint stores
+    learned = {name: list(p.shape) for name, p in model.learned().items()}  # the names the checkpoint stores
     return {"train": keep, "model": asdict(model.config), "classes": list(model.class_names), "learned": learned,
             "data": digest.hexdigest()}
 
@@ -102,7 +106,7 @@ def _resume_problem(state, fingerprint: dict, model: SSPrompt, total: int) -> st
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= total:
         return f"step {str(step)[:20]} is not in 0..{total}"
     learnables = state.get("learnables")
-    targets = model.prompts.learned()
+    targets = model.learned()
     if not isinstance(learnables, dict) or set(learnables) != set(targets):
         return "its learnables are not this model's"
     for name, parameter in targets.items():
@@ -130,7 +134,7 @@ def train_prompts(
     """
     params = model.learnable_parameters()
     if not params:
-        raise OptionError("nothing to learn: both spatial and semantic learning are switched off")
+        raise OptionError(f"nothing to learn: method {model.config.method} has no trainable tensor with these options")
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     elif config.optimizer == "adamw":
@@ -151,17 +155,17 @@ def train_prompts(
         except PackError as err:  # cut short by the interrupt itself, or not ours
             problem = str(err).removeprefix(f"{ckpt}: ")
         if problem is None:
-            saved = {name: p.detach().clone() for name, p in model.prompts.learned().items()}
+            saved = {name: p.detach().clone() for name, p in model.learned().items()}
             try:
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
                 with torch.no_grad():
-                    for name, parameter in model.prompts.learned().items():
+                    for name, parameter in model.learned().items():
                         parameter.copy_(state["learnables"][name])
                 start = state["step"]
             except (KeyError, ValueError, TypeError, RuntimeError) as err:  # torch's own checks of the states
                 with torch.no_grad():
-                    for name, parameter in model.prompts.learned().items():
+                    for name, parameter in model.learned().items():
                         parameter.copy_(saved[name])
                 optimizer.state.clear()
                 problem = f"optimizer or scheduler state does not fit ({' '.join(str(err).split())[:80]})"
@@ -175,7 +179,7 @@ def train_prompts(
             {
                 "fingerprint": fingerprint,
                 "step": step,
-                "learnables": {n: p.detach().cpu().clone() for n, p in model.prompts.learned().items()},
+                "learnables": {n: p.detach().cpu().clone() for n, p in model.learned().items()},
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
             },

@@ -1,9 +1,10 @@
-"""The model: a frozen SAM + CLIP around a prompt source (prompts.py), and the mask classifier and
+"""The model: a frozen SAM + CLIP around a method's parts (methods/), and the mask classifier and
 semantic map that turn SAM's masks into a label map.
 
-The frozen encoders run once per image (`encode`), the rest per step (`forward`). Which prompts
-the decoder and the classifier get, and what learns, is the prompt source's: SSPrompt's fused
-prompts or a baseline's, built by name from `config.method`.
+The frozen encoders run once per image (`encode`), the rest per step (`forward`). What the
+method decides, built by name from `config.method` with its `config.method_options`: the prompts
+the decoder and the classifier get, how the image encoder and the decoder run, an extra loss
+term, and what learns (methods/registry.py).
 
 Shapes: B images, N spatial prompts, T tokens a prompt, E SAM's prompt width, h x w SAM's
 embedding grid, M = 4h the mask side, C classes, D CLIP's joint width, g the dense CLIP grid,
@@ -12,7 +13,7 @@ S the square input's side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import torch
@@ -23,10 +24,11 @@ from torch.utils.checkpoint import checkpoint
 from ssprompt.runtime.contract import Normalization
 
 from .backbones import Backbones
-from .baselines import embed_points
 from .config import ModelConfig
 from .decoder import decode_masks
 from .dense_clip import DenseClipEncoder, auto_clip_grid
+from .methods.base import MethodInputs, embed_points
+from .methods.registry import get_method
 
 __all__ = [
     "SSPrompt",
@@ -140,11 +142,15 @@ class Prediction:
 
 
 class SSPrompt(nn.Module):
-    """A prompt source (SSPrompt's, or a baseline's) around a frozen SAM + CLIP.
+    """A method (SSPrompt's, or a baseline's) around a frozen SAM + CLIP.
 
-    `prompts` is the only part that can learn; everything else is a frozen module or a buffer.
-    The model also carries the facts pre-processing and export need: the letterbox padding and
-    both normalisations (`pad_value`, `normalization`).
+    The method's parts (methods/base.py) are `prompts`, `encoder_adapter`, `decoding` and
+    `extra_loss`; what they name in `learned()` is all that can learn, everything else is a frozen
+    module or a buffer. The model also carries the facts pre-processing and export need: the
+    letterbox padding and both normalisations (`pad_value`, `normalization`).
+
+    Raises:
+      ValueError: an unknown method, or options it refuses; a clip_grid that does not divide the mask size.
     """
 
     def __init__(
@@ -158,7 +164,9 @@ class SSPrompt(nn.Module):
         """`prompts`: a prompt source to use instead of building `config.method`'s (export passes a pack's baked
         prompts: an object with spatial(), semantic() and learned())."""
         super().__init__()
-        self.config = config
+        method = get_method(config.method)
+        options = method.parse_options(config.method_options)
+        self.config = replace(config, method_options=asdict(options))  # every option, defaults included, for the pack
         self.class_names = list(class_names)
         self.sam = backbones.sam
         sam = self.sam
@@ -192,14 +200,14 @@ class SSPrompt(nn.Module):
         self.register_buffer("logit_scale", backbones.clip.logit_scale.detach().exp().clone())
         self.register_buffer("clip_mean", torch.tensor(clip_mean).reshape(1, 3, 1, 1) * 255.0)
         self.register_buffer("clip_std", torch.tensor(clip_std).reshape(1, 3, 1, 1) * 255.0)
-        if prompts is None:
-            # Imported here: a model given its prompts (export) never loads the prompt sources.
-            from .prompts import SourceInputs, build_prompt_source
-
-            prompts = build_prompt_source(config.method, SourceInputs(
-                default_spatial, default_semantic, points, self.image_size, sam.prompt_encoder, backbones.clip,
-                backbones.tokenizer, self.class_names, config))
-        self.prompts = prompts
+        inputs = MethodInputs(default_spatial, default_semantic, points, self.image_size, sam, backbones.clip,
+                              backbones.tokenizer, self.class_names, self.config)
+        # Given prompts (export: a pack's baked ones), the method's prompt source is not rebuilt.
+        self.prompts = prompts if prompts is not None else method.prompts(inputs, options)
+        self.encoder_adapter = method.encoder_adapter(inputs, options)
+        self.decoding = method.decoding(inputs, options)
+        self.extra_loss = method.extra_loss(inputs, options)
+        self.learned()  # refuses two parts naming a tensor alike
 
     @property
     def num_prompts(self) -> int:
@@ -224,15 +232,25 @@ class SSPrompt(nn.Module):
             clip_input_size=int(self.clip_input_size),
         )
 
+    def learned(self) -> dict[str, nn.Parameter]:
+        """Every part's learnable tensors by the names packs and checkpoints store them under (trainable or not)."""
+        named: dict[str, nn.Parameter] = {}
+        for part in (self.prompts, self.encoder_adapter, self.decoding, self.extra_loss):
+            for name, parameter in part.learned().items():
+                if name in named:
+                    raise ValueError(f"method {self.config.method}: two of its parts name a learnable {name!r}")
+                named[name] = parameter
+        return named
+
     def learnable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.prompts.learned().values() if p.requires_grad]
+        return [p for p in self.learned().values() if p.requires_grad]
 
     def spatial_prompts(self) -> torch.Tensor:
-        """(N, T, E) prompts for SAM's decoder, from the prompt source."""
+        """(N, T, E) prompts for SAM's decoder, from the method's prompts."""
         return self.prompts.spatial()
 
     def semantic_prompts(self) -> torch.Tensor:
-        """(C, D) prompts for the mask classifier (not normalised), from the prompt source."""
+        """(C, D) prompts for the mask classifier (not normalised), from the method's prompts."""
         return self.prompts.semantic()
 
     @torch.no_grad()
@@ -249,10 +267,11 @@ class SSPrompt(nn.Module):
         return self.encode_images(images)
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encode` without no_grad, for export tracing and encoder-in-the-loop training."""
+        """`encode` without no_grad, for export tracing and encoder-in-the-loop training; SAM's image
+        encoder runs through the method's encoder adapter."""
         # (B, 3, S, S); cast before the transpose: TensorRT takes uint8 only as the network's input, not inside it
         x = images.float().permute(0, 3, 1, 2)
-        sam_embeddings = self.sam.image_encoder((x - self.sam.pixel_mean) / self.sam.pixel_std)
+        sam_embeddings = self.encoder_adapter.encode(self.sam.image_encoder, (x - self.sam.pixel_mean) / self.sam.pixel_std)
         clip_size = self.clip_dense.input_size
         if clip_size != x.shape[-1]:
             x = F.interpolate(x, size=(clip_size, clip_size), mode="bilinear", align_corners=False)
@@ -260,7 +279,8 @@ class SSPrompt(nn.Module):
         return sam_embeddings, clip_features
 
     def decode(self, sam_embeddings: torch.Tensor, spatial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, M, M) mask logits and (B, N) IoU for every image and spatial prompt ((N, T, E)).
+        """One pass of SAM's decoder: (B, N, M, M) mask logits and (B, N) IoU for every image and spatial
+        prompt ((N, T, E)), with SAM's no-mask dense prompt. The method's `decoding` runs it.
 
         Prompts run in chunks of `decoder_chunk`; while gradients are on, each chunk is
         checkpointed, so the decoder's image-side activations are kept for one chunk only.
@@ -286,6 +306,6 @@ class SSPrompt(nn.Module):
         Returns:
           (Prediction): masks (B, N, M, M), iou (B, N), class_logits (B, N, C), semantic (B, C, M, M).
         """
-        masks, iou = self.decode(sam_embeddings, self.spatial_prompts())
+        masks, iou = self.decoding.decode(self, sam_embeddings, self.spatial_prompts())
         logits = mask_class_logits(masks, clip_features, self.semantic_prompts(), self.logit_scale)
         return Prediction(masks, iou, logits, semantic_map(masks, iou, logits))

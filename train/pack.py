@@ -1,11 +1,12 @@
-"""The prompt pack (pack.pt): the prompts a graph bakes in, the prompt source's learnables, the
+"""The prompt pack (pack.pt): the prompts a graph bakes in, the method's learnables, the
 defaults they started from, and provenance; one schema, `Pack`.
 
 On disk a `torch.save`d dict of tensors and plain Python values, the fields of `Pack` plus
-`format` and `format_version`, loadable with `torch.load(..., weights_only=True)`. Version 3
-names every entry by what it holds (`spatial_prompts`, not `fused_spatial`: a baseline's are
-not fused) and keeps the learnables under the names their prompt source gives them, so
-renaming a Python attribute never changes the file. Versions 1 and 2 still read.
+`format` and `format_version`, loadable with `torch.load(..., weights_only=True)`. Entries are
+named by what they hold (`spatial_prompts`, not `fused_spatial`: a baseline's are not fused,
+version 3 on), the learnables by the names their method gives them, so renaming a Python
+attribute never changes the file, and a method's own options sit in
+`model_config["method_options"]` (version 4). Versions 1 to 3 still read.
 
 Shapes: N spatial prompts, T tokens a prompt, E SAM's prompt width, C classes, D CLIP's
 joint width.
@@ -33,8 +34,8 @@ __all__ = ["PACK_FORMAT", "PACK_FORMAT_VERSION", "Pack", "PackError", "build_pac
            "check_pack_fits", "load_pack_backbones", "package_version", "atomic_torch_save", "tensor_problem", "TENSOR_DTYPES"]
 
 PACK_FORMAT = "ssprompt.pack"
-PACK_FORMAT_VERSION = 3  # 3: entries named by what they hold, learnables by their prompt source's names
-_READABLE_VERSIONS = (1, 2, 3)
+PACK_FORMAT_VERSION = 4  # 4: a method's options in model_config.method_options; 3: entries named by what they hold
+_READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class PackError(SSPromptError, ValueError):
@@ -43,18 +44,18 @@ class PackError(SSPromptError, ValueError):
 
 @dataclass
 class Pack:
-    method: str  # the prompt source that made it (prompts.py registry)
+    method: str  # the method that made it (methods/ registry)
     spatial_prompts: torch.Tensor  # (N, T, E) what SAM's decoder gets; the graph bakes it in
     semantic_prompts: torch.Tensor  # (C, D) what the mask classifier gets (not normalised); the graph bakes it in
     default_spatial: torch.Tensor  # (N, T, E) SAM's prompt-encoder output for the grid points
     default_semantic: torch.Tensor  # (C, D) CLIP's class-name embeddings over the 80 ImageNet templates
     grid_points: torch.Tensor  # (N, 2) (x, y) pixels of the point grid on the square input
-    learned: dict[str, torch.Tensor]  # the prompt source's learnables, by the names it stores them under
+    learned: dict[str, torch.Tensor]  # the method's learnables, by the names it stores them under
     class_names: list[str]  # index order of the labels
     palette: list[list[int]]  # one RGB colour a class, 0..255
     void: int  # the label value ignored in training and metrics
     backbones: dict  # SAM and CLIP names, checkpoints and sha256 (Backbones.identity)
-    model_config: dict  # ModelConfig as a dict
+    model_config: dict  # ModelConfig as a dict, the method's options under method_options
     train_config: dict  # TrainConfig as a dict
     metrics: dict  # held-out metrics after training
     image_size: int = 0  # S, SAM's square input (0: not recorded, as in version 1 packs)
@@ -116,7 +117,7 @@ def build_pack(model, backbones, palette: list[list[int]], void: int, train_conf
             default_spatial=plain(model.default_spatial),
             default_semantic=plain(model.default_semantic),
             grid_points=plain(model.grid_points),
-            learned={name: plain(p) for name, p in model.prompts.learned().items()},
+            learned={name: plain(p) for name, p in model.learned().items()},
             class_names=list(model.class_names),
             palette=[list(map(int, c)) for c in palette],
             void=int(void),
@@ -170,7 +171,7 @@ _V2_SSPROMPT = {"spatial_embedding": "learned_spatial", "spatial_weight_logit": 
 _V2_BASELINE = {"coop": {"context": "coop.context"}, "vspl": {"point_logits": "point_logits"}, "zero-shot": {}}
 
 
-def _upgrade(raw: dict, path: Path) -> dict:
+def _upgrade_names(raw: dict, path: Path) -> dict:
     """A version 1 or 2 pack's dict in version 3's names."""
     model_config = raw.get("model_config")
     method = model_config.get("method", "ssprompt") if isinstance(model_config, dict) else "ssprompt"
@@ -185,6 +186,34 @@ def _upgrade(raw: dict, path: Path) -> dict:
     upgraded.update(method=method, spatial_prompts=raw["fused_spatial"], semantic_prompts=raw["fused_semantic"],
                     learned={new: raw[old] for new, old in names.items()})
     return upgraded
+
+
+# Version 3 and older kept CoOp's and SSPrompt's options among model_config's own keys.
+_V3_OPTIONS = ("coop_init", "coop_context", "learn_spatial", "learn_semantic", "learn_weights")
+
+
+def _upgrade_options(raw: dict, path: Path) -> dict:
+    """A version 1 to 3 pack's dict with its method's options in model_config.method_options (version 4)."""
+    config = raw.get("model_config")
+    if not isinstance(config, dict):
+        return raw  # refused as such by _check_values
+    old = {key: config[key] for key in _V3_OPTIONS if key in config}
+    for key in ("learn_spatial", "learn_semantic", "learn_weights"):
+        if not isinstance(old.get(key, True), bool):
+            raise PackError(f"{path}: model_config: {key} is {brief(old[key])}, expected bool")
+    if raw.get("method") == "ssprompt":
+        spatial, semantic = old.get("learn_spatial", True), old.get("learn_semantic", True)
+        if not (spatial or semantic):
+            raise PackError(f"{path}: model_config learns neither the spatial nor the semantic prompts")
+        options = {"learn": "both" if spatial and semantic else "spatial" if spatial else "semantic",
+                   "fixed_weights": not old.get("learn_weights", True)}
+    elif raw.get("method") == "coop":
+        init = old.get("coop_init", "a photo of a")
+        options = {"init": init, "context": None if init else old.get("coop_context", 16)}
+    else:
+        options = {}
+    kept = {key: value for key, value in config.items() if key not in _V3_OPTIONS}
+    return {**raw, "model_config": {**kept, "method_options": options}}
 
 
 def load_pack(path: str | Path) -> Pack:
@@ -203,7 +232,8 @@ def load_pack(path: str | Path) -> Pack:
     if raw.get("format_version") not in _READABLE_VERSIONS:
         raise PackError(f"{path}: pack format version {brief(raw.get('format_version'))}, this ssprompt reads versions "
                         f"{', '.join(map(str, _READABLE_VERSIONS))}")
-    values = raw if raw["format_version"] == PACK_FORMAT_VERSION else _upgrade(raw, path)
+    values = raw if raw["format_version"] >= 3 else _upgrade_names(raw, path)
+    values = values if raw["format_version"] >= 4 else _upgrade_options(values, path)
     required = [f.name for f in fields(Pack) if f.default is MISSING and f.default_factory is MISSING]
     missing = [name for name in required if name not in values]
     if missing:
@@ -296,26 +326,36 @@ def check_pack_fits(pack: Pack, source: str | Path, prompt_width: int, semantic_
 
 
 def load_pack_backbones(pack: Pack, source: str | Path, sam_checkpoint: str | None = None,
-                        clip_pretrained: str | None = None,
-                        random_weights: bool | None = None) -> tuple["ModelConfig", Backbones]:
-    """The backbones the pack names (its model config's SAM and CLIP), refused unless they are the weights it was
-    trained against (sha256) and its prompts fit them (`check_pack_fits`).
+                        clip_pretrained: str | None = None, random_weights: bool | None = None,
+                        default_prompts: bool = False) -> tuple["ModelConfig", Backbones]:
+    """The backbones the pack names (its model config's SAM and CLIP), refused unless the pack's method is registered
+    here with its options, the weights are those it was trained against (sha256) and its prompts fit them
+    (`check_pack_fits`). With `default_prompts`, the method is zero-shot (nothing of the pack's learning).
 
     Checkpoints default to the paths recorded in the pack. `source` names the pack (its file) in errors.
 
     Returns:
-      (ModelConfig): the pack's model config, with the checkpoints and random_weights that were loaded.
+      (ModelConfig): the pack's model config, with the method, checkpoints and random_weights that were loaded.
       (Backbones): the loaded backbones.
 
     Raises:
+      PackError: a method (or options) this ssprompt does not know; prompts of another width than the backbones'.
       BackboneError: weights that differ from the pack's, naming the option that picks others.
-      PackError: prompts of another width than these backbones embed in.
     """
     from .config import ModelConfig, config_from_dict
+    from .methods.registry import get_method
+    from .methods.zero_shot import ZERO_SHOT
 
     config = config_from_dict(ModelConfig, pack.model_config)
+    method, options = (ZERO_SHOT.name, {}) if default_prompts else (pack.method, config.method_options)
+    try:  # before the backbones, which can take minutes to load
+        get_method(method).parse_options(options)
+    except (TypeError, ValueError) as err:
+        raise PackError(f"{source}: {err}; a newer ssprompt or a plug-in wrote it") from None
     config = replace(
         config,
+        method=method,
+        method_options=options,
         sam_checkpoint=sam_checkpoint or config.sam_checkpoint,
         clip_pretrained=clip_pretrained or config.clip_pretrained,
         random_weights=config.random_weights if random_weights is None else random_weights,

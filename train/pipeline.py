@@ -20,9 +20,10 @@ from .data.reading import read_instances
 from .data.sampling import class_presence, sample_k_shot
 from .model import SSPrompt
 from .pack import Pack, PackError, build_pack, load_pack, load_pack_backbones, save_pack
-from .prompts import PROMPT_SOURCES
 from .features import encode_folder, encoder_identity
 from .loop import TrainResult, train_prompts
+from .methods.registry import get_method
+from .methods.zero_shot import ZERO_SHOT
 from .metrics import InstanceScoring, evaluate
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
@@ -60,6 +61,8 @@ def train_pack(
     """
     out = Path(out)
     dev = pick_device(device)
+    method = get_method(model_config.method)
+    method.parse_options(model_config.method_options)  # before the data and the backbones
     began = time.perf_counter()
     folder = open_folder(config.data, config.split, config.void)
     config = replace(config, void=folder.void)  # Cityscapes fixes its own void (255)
@@ -75,6 +78,9 @@ def train_pack(
         model_config.random_weights,
     )
     model = SSPrompt(backbones, folder.class_names, model_config).to(dev)
+    if model.encoder_adapter.learned():
+        raise NotImplementedError(f"method {method.name}: its encoder adapter learns, and training runs on cached "
+                                  "encoder outputs; encoder-in-the-loop training is not wired yet")
     cache = _cache(config, model, backbones)
 
     encode_began = time.perf_counter()
@@ -89,7 +95,7 @@ def train_pack(
 
     before = evaluate(model, val_items, folder.num_classes, config.void) if val_items else None
     checkpoint = out.with_name(out.name + ".ckpt")
-    if not model.prompts.learned():  # a source without learnables (zero-shot): the pack holds its prompts
+    if not model.learned():  # a method without learnables (zero-shot): the pack holds its prompts
         result = TrainResult(steps=0, resumed_from=0, losses=[], seconds=0.0)
         after = before
     else:
@@ -109,15 +115,14 @@ def train_pack(
                       folder.thing_classes)
     save_pack(pack, out)
     checkpoint.unlink(missing_ok=True)
-    if weights_plot and "semantic_weight_logit" not in pack.learned:
-        log(f"no fusion weights to plot: method {model_config.method} has none")
+    if weights_plot and method.plot is None:
+        log(f"nothing to plot: method {method.name} draws no picture of what it learned")
     elif weights_plot:
-        from .plots import plot_fusion_weights
-
-        plot_fusion_weights(pack, weights_plot)
+        method.plot(pack, weights_plot)
     return {
         "pack": str(out),
         "method": model_config.method,
+        "starts_from": method.starts_from,
         "images": len(indices),
         "cache_hits": hits,
         "cache_misses": misses,
@@ -148,18 +153,13 @@ def model_from_pack(
     With `default_prompts`, the model is the zero-shot baseline: nothing of the pack's learning is used.
     `source` names the pack (its file) in errors.
     """
-    method = "zero-shot" if default_prompts else pack.method
-    if method not in PROMPT_SOURCES:  # before the backbones, which can take minutes to load
-        raise PackError(f"{source}: method {method!r} is not a registered prompt source "
-                        f"({', '.join(PROMPT_SOURCES)}); a newer ssprompt or a plug-in wrote it")
-    config, backbones = load_pack_backbones(pack, source, sam_checkpoint, clip_pretrained, random_weights)
-    config = replace(config, method=method)
+    config, backbones = load_pack_backbones(pack, source, sam_checkpoint, clip_pretrained, random_weights, default_prompts)
     model = SSPrompt(backbones, pack.class_names, config, default_semantic=pack.default_semantic)
     if not default_prompts:
-        targets = model.prompts.learned()
+        targets = model.learned()
         if set(targets) != set(pack.learned):
             raise PackError(f"{source}: a {pack.method} pack holds {', '.join(sorted(pack.learned)) or 'no learnables'}; "
-                            f"its prompt source needs {', '.join(sorted(targets)) or 'none'}")
+                            f"its method needs {', '.join(sorted(targets)) or 'none'}")
         with torch.no_grad():
             for name, target in targets.items():
                 if pack.learned[name].shape != target.shape:

@@ -1,5 +1,5 @@
 """Export reads the pack, not the training job: the graph bakes in the pack's stored prompts, built without
-importing the training job's modules or the prompt sources."""
+importing the training job's modules (the method's other parts come from its registered module)."""
 
 import subprocess
 import sys
@@ -18,7 +18,7 @@ from ssprompt.train.pipeline import model_from_pack
 
 ort = pytest.importorskip("onnxruntime")
 
-TRAINING_JOB = ("ssprompt.train.pipeline", "ssprompt.train.cli", "ssprompt.train.loop", "ssprompt.train.prompts")
+TRAINING_JOB = ("ssprompt.train.pipeline", "ssprompt.train.cli", "ssprompt.train.loop")
 EXPORT_BLOCKED = """
 import sys
 for name in {blocked!r}:
@@ -69,11 +69,18 @@ def test_export_bakes_in_the_packs_stored_semantic_prompts_not_recomputed_ones(d
     assert np.mean(rotated[LABELS] == np.argsort(order)[trained[LABELS]]) > 0.999
 
 
-def test_a_pack_of_a_method_this_ssprompt_does_not_know_exports_with_its_stored_prompts(demo_run):
+def test_a_pack_of_a_method_this_ssprompt_does_not_know_is_refused_before_the_backbones_load(demo_run, monkeypatch):
+    """A method may change the encoder and the decoding, not only the prompts: a graph of an unknown method's pack
+    would be wrong, so it is refused in one line naming the pack and the method."""
     from ssprompt.export.pack_model import export_model
+    from ssprompt.train import pack as pack_module
+    from ssprompt.train.pack import PackError
 
+    def no_backbones(*args, **kwargs):
+        raise AssertionError("the backbones were loaded for a pack that is refused")
+
+    monkeypatch.setattr(pack_module, "load_backbones", no_backbones)
     pack = replace(load_pack(demo_run[1]), method="plug-in")  # a method registered by a plug-in absent here
-    model = export_model(pack, "plug-in.pt")
-    assert torch.equal(model.spatial_prompts(), pack.spatial_prompts.float())
-    assert torch.equal(model.semantic_prompts(), pack.semantic_prompts.float())
-    assert model.learnable_parameters() == []
+    with pytest.raises(PackError, match=r"^plug-in\.pt: method 'plug-in' is not a registered method") as raised:
+        export_model(pack, "plug-in.pt")
+    assert "\n" not in str(raised.value)

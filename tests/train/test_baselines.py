@@ -46,7 +46,7 @@ def test_coop_context_from_words_reproduces_clip_text_embeddings(tiny_backbones)
 
 
 def test_coop_without_init_words_learns_m_random_vectors(tiny_backbones):
-    model = _model(tiny_backbones, method="coop", coop_init="", coop_context=7)
+    model = _model(tiny_backbones, method="coop", method_options={"init": "", "context": 7})
     assert model.prompts.text.context.shape == (7, tiny_backbones.clip.token_embedding.weight.shape[1])
     assert model.semantic_prompts().shape == (len(CLASSES), model.default_semantic.shape[1])
 
@@ -125,7 +125,7 @@ def test_coop_pack_without_its_context_is_refused(trained_packs, tmp_path):
     pack = load_pack(trained_packs["coop"][1])
     pack.learned = {}
     save_pack(pack, tmp_path / "broken.pt")
-    with pytest.raises(PackError, match=r"broken.pt: a coop pack holds no learnables; its prompt source needs context"):
+    with pytest.raises(PackError, match=r"broken.pt: a coop pack holds no learnables; its method needs context"):
         model_from_pack(load_pack(tmp_path / "broken.pt"), device="cpu", source=tmp_path / "broken.pt")
 
 

@@ -3,7 +3,7 @@ import torch
 
 from ssprompt.train.config import ModelConfig
 from ssprompt.train.model import SSPrompt, labels_from_semantic, mask_class_logits, semantic_map
-from ssprompt.train.prompts import fuse_prompts
+from ssprompt.train.methods.ssprompt import fuse_prompts
 
 CLASSES = ["background", "red disc", "green square", "blue triangle"]
 
@@ -91,15 +91,16 @@ def test_only_the_four_learnables_require_grad(model):
 
 
 @pytest.mark.parametrize(
-    "learn_spatial, learn_semantic, learn_weights, expected",
+    "options, expected",
     [
-        (True, False, True, {"spatial_embedding", "spatial_weight_logit"}),
-        (False, True, True, {"semantic_embedding", "semantic_weight_logit"}),
-        (True, True, False, {"spatial_embedding", "semantic_embedding"}),
+        ({"learn": "spatial"}, {"spatial_embedding", "spatial_weight_logit"}),
+        ({"learn": "semantic"}, {"semantic_embedding", "semantic_weight_logit"}),
+        ({"fixed_weights": True}, {"spatial_embedding", "semantic_embedding"}),
+        ({"learn": "spatial", "fixed_weights": True}, {"spatial_embedding"}),
     ],
 )
-def test_ablation_switches_choose_what_learns(tiny_backbones, model, learn_spatial, learn_semantic, learn_weights, expected):
-    config = ModelConfig(num_prompts=16, learn_spatial=learn_spatial, learn_semantic=learn_semantic, learn_weights=learn_weights)
+def test_ablation_options_choose_what_learns(tiny_backbones, model, options, expected):
+    config = ModelConfig(num_prompts=16, method_options=options)
     ablated = SSPrompt(tiny_backbones, CLASSES, config, default_semantic=model.default_semantic)
     assert {n for n, p in ablated.prompts.learned().items() if p.requires_grad} == expected
 

@@ -32,7 +32,8 @@ def test_a_saved_pack_loads_back_with_every_value_its_readers_use(tmp_path, pack
     copy = tmp_path / "copy.pt"
     save_pack(replace(pack, thing_classes=[2, 4]), copy)
     raw = torch.load(copy, map_location="cpu", weights_only=True)  # plain tensors and values, no pickled objects
-    assert raw["format_version"] == PACK_FORMAT_VERSION == 3
+    assert raw["format_version"] == PACK_FORMAT_VERSION == 4
+    assert raw["model_config"]["method_options"] == {"learn": "both", "fixed_weights": False}  # every option, defaults too
     again = load_pack(copy)
     # What export bakes into the graph, and what model_from_pack rebuilds the prompt source from.
     for name in ("spatial_prompts", "semantic_prompts", "default_semantic"):
@@ -128,6 +129,38 @@ def test_a_version_2_pack_of_a_baseline_keeps_its_learnable(pack, tmp_path):
     assert again.method == "vspl" and list(again.learned) == ["point_logits"]
 
 
+def _version_3(pack: Pack, method: str, **options) -> dict:
+    """The pack as version 3 wrote it: every method's options among model_config's own keys (here, the
+    defaults of version 3's ModelConfig with `options` over them)."""
+    config = {k: v for k, v in pack.model_config.items() if k != "method_options"}
+    config.update({"method": method, "coop_init": "a photo of a", "coop_context": 16, "learn_spatial": True,
+                   "learn_semantic": True, "learn_weights": True, **options})
+    return _raw(pack, format_version=3, method=method, model_config=config)
+
+
+@pytest.mark.parametrize("method, old, options", [
+    ("ssprompt", {"learn_semantic": False, "learn_weights": False}, {"learn": "spatial", "fixed_weights": True}),
+    ("ssprompt", {"learn_spatial": False}, {"learn": "semantic", "fixed_weights": False}),
+    ("coop", {"coop_init": "", "coop_context": 7}, {"init": "", "context": 7}),
+    ("coop", {"coop_init": "a cartoon of a"}, {"init": "a cartoon of a", "context": None}),  # 16 unused: not kept
+    ("vspl", {"coop_init": "", "learn_weights": False}, {}),  # another method's keys: dropped
+])
+def test_a_version_3_pack_keeps_its_methods_options_under_method_options(pack, tmp_path, method, old, options):
+    torch.save(_version_3(pack, method, **old), tmp_path / "v3.pt")
+    config = load_pack(tmp_path / "v3.pt").model_config
+    assert config["method_options"] == options
+    assert not {"coop_init", "coop_context", "learn_spatial", "learn_semantic", "learn_weights"} & set(config)
+
+
+def test_a_version_3_ablation_pack_rebuilds_the_ablation(pack, tmp_path):
+    from ssprompt.train.pipeline import model_from_pack
+
+    torch.save(_version_3(pack, "ssprompt", learn_semantic=False), tmp_path / "v3.pt")
+    model, _ = model_from_pack(load_pack(tmp_path / "v3.pt"), device="cpu")
+    assert {name for name, p in model.learned().items() if p.requires_grad} == {"spatial_embedding", "spatial_weight_logit"}
+    torch.testing.assert_close(model.spatial_prompts().detach(), pack.spatial_prompts)
+
+
 def test_pack_of_an_unknown_method_is_refused_naming_the_file_before_the_backbones_load(pack, tmp_path, monkeypatch):
     from ssprompt.train import pack as pack_module, pipeline
 
@@ -136,7 +169,7 @@ def test_pack_of_an_unknown_method_is_refused_naming_the_file_before_the_backbon
 
     monkeypatch.setattr(pack_module, "load_backbones", load_backbones)
     save_pack(replace(pack, method="magic"), tmp_path / "magic.pt")
-    with pytest.raises(PackError, match=r"magic.pt: method 'magic' is not a registered prompt source \(ssprompt, zero-shot"):
+    with pytest.raises(PackError, match=r"magic.pt: method 'magic' is not a registered method \(ssprompt, zero-shot"):
         pipeline.model_from_pack(load_pack(tmp_path / "magic.pt"), device="cpu", source=tmp_path / "magic.pt")
 
 

@@ -1,12 +1,13 @@
-"""The machinery of the baselines' prompt sources (prompts.py): SAM's point embedding, and CoOp's
-context through CLIP's text tower.
+"""CoOp: one learnable context, shared by all classes, before each class name, through CLIP's frozen
+text tower at every step; SAM's default spatial prompts.
 
-Shapes: N prompts, T tokens a prompt, E SAM's prompt width, C classes, L CLIP's text length,
-W CLIP's text width, M context vectors, D CLIP's joint embedding width.
+Shapes: C classes, L CLIP's text length, W CLIP's text width, M context vectors, D CLIP's joint
+embedding width.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -14,26 +15,24 @@ from torch import nn
 
 from ssprompt.runtime.errors import OptionError
 
-from .backbones import BackboneError
+from ..backbones import BackboneError
+from .base import DefaultPrompts, MethodInputs, PromptSource
+from .registry import Method, option, register_method
 
-__all__ = ["embed_points", "CoOpTextEncoder"]
+__all__ = ["CoOpOptions", "CoOpTextEncoder", "ContextPrompts", "COOP"]
 
 _CONTEXT_SEED = 0
+DEFAULT_CONTEXT = 16  # random context vectors M when none is given
 
 
-def embed_points(prompt_encoder: nn.Module, points: torch.Tensor) -> torch.Tensor:
-    """SAM's sparse prompt embeddings of one foreground point per prompt (differentiable in `points`).
+@dataclass
+class CoOpOptions:
+    init: str = option("a photo of a", "Words whose embeddings start the context ('' = random).")
+    context: int | None = option(None, f"Random context vectors, with --coop-init '' [default: {DEFAULT_CONTEXT}].", min=1)
 
-    Arguments:
-      prompt_encoder (nn.Module): segment_anything PromptEncoder.
-      points (torch.Tensor): (N, 2) (x, y) pixel coordinates on the square model input.
-
-    Returns:
-      (torch.Tensor): (N, T, E), T = 2 (the point and SAM's padding token).
-    """
-    labels = torch.ones(points.shape[0], 1, device=points.device)
-    sparse, _ = prompt_encoder(points=(points[:, None, :], labels), boxes=None, masks=None)
-    return sparse
+    def __post_init__(self) -> None:
+        if self.init and self.context is not None:
+            raise ValueError("--coop-context sets the number of random context vectors: pass it with --coop-init ''")
 
 
 class CoOpTextEncoder(nn.Module):
@@ -95,3 +94,27 @@ class CoOpTextEncoder(nn.Module):
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
+
+
+class ContextPrompts(DefaultPrompts):
+    """CoOp's semantic prompts (CoOpTextEncoder) and SAM's default spatial prompts."""
+
+    def __init__(self, inputs: MethodInputs, options: CoOpOptions) -> None:
+        super().__init__(inputs.default_spatial, inputs.default_semantic)
+        self.text = CoOpTextEncoder(inputs.clip, inputs.tokenizer, inputs.class_names, options.init,
+                                    options.context or DEFAULT_CONTEXT)
+
+    def semantic(self) -> torch.Tensor:
+        """(C, D)."""
+        return self.text()
+
+    def learned(self) -> dict[str, nn.Parameter]:
+        return {"context": self.text.context}
+
+
+def build_context_prompts(inputs: MethodInputs, options: CoOpOptions) -> PromptSource:
+    return ContextPrompts(inputs, options)
+
+
+COOP = register_method(Method("coop", "learnable text context through CLIP's text tower", prompts=build_context_prompts,
+                              options=CoOpOptions, starts_from="initial context"))
