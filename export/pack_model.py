@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssprompt.train.methods.base import Decoding, EncoderAdapter
 from ssprompt.train.model import SSPrompt
-from ssprompt.train.pack import Pack, load_pack_backbones
+from ssprompt.train.pack import Pack, PackError, load_pack_backbones
 
 __all__ = ["BakedPrompts", "export_model"]
 
@@ -52,8 +53,14 @@ def export_model(pack: Pack, source: str | Path, sam_checkpoint: str | None = No
 
     Raises:
       BackboneError: checkpoints whose sha256 differs from the pack's.
-      PackError: prompts that do not fit the backbones (one line naming `source`).
+      PackError: prompts that do not fit the backbones, or a method that changes SAM's encoder or decoding (one line
+        naming `source`).
     """
     config, backbones = load_pack_backbones(pack, source, sam_checkpoint, clip_pretrained)
     prompts = BakedPrompts(pack.spatial_prompts, pack.semantic_prompts)
-    return SSPrompt(backbones, pack.class_names, config, default_semantic=pack.default_semantic.float(), prompts=prompts)
+    model = SSPrompt(backbones, pack.class_names, config, default_semantic=pack.default_semantic.float(), prompts=prompts)
+    # The graph traces SAM's own encoder and one decoder pass; a method that changes either would export wrong.
+    if type(model.encoder_adapter) is not EncoderAdapter or type(model.decoding) is not Decoding:
+        raise PackError(f"{source}: method {pack.method!r} changes SAM's encoder or its decoding, which this export "
+                        f"does not bake into the graph yet")
+    return model

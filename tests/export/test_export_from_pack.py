@@ -84,3 +84,27 @@ def test_a_pack_of_a_method_this_ssprompt_does_not_know_is_refused_before_the_ba
     with pytest.raises(PackError, match=r"^plug-in\.pt: method 'plug-in' is not a registered method") as raised:
         export_model(pack, "plug-in.pt")
     assert "\n" not in str(raised.value)
+
+
+def test_a_method_that_changes_the_decoding_is_refused_not_exported_as_one_pass(demo_run):
+    """The graph traces one decoder pass over SAM's own encoder: a method whose decoding differs would export a graph
+    that computes something else, so it is refused in one line."""
+    from ssprompt.export.pack_model import export_model
+    from ssprompt.train.methods.base import Decoding, DefaultPrompts
+    from ssprompt.train.methods.registry import METHODS, Method, register_method
+    from ssprompt.train.pack import PackError
+
+    class TwoPasses(Decoding):
+        def decode(self, model, sam_embeddings, spatial):
+            return model.decode(sam_embeddings, spatial)
+
+    register_method(Method("two-passes", "decodes its own way",
+                           prompts=lambda i, o: DefaultPrompts(i.default_spatial, i.default_semantic),
+                           decoding=lambda i, o: TwoPasses()))
+    try:
+        pack = load_pack(demo_run[1])
+        pack = replace(pack, method="two-passes", model_config={**pack.model_config, "method_options": {}})
+        with pytest.raises(PackError, match=r"^two-passes\.pt: method 'two-passes' changes SAM's encoder or its decoding"):
+            export_model(pack, "two-passes.pt")
+    finally:
+        METHODS.pop("two-passes")
