@@ -23,7 +23,6 @@ from .pack import Pack, PackError, build_pack, load_pack, load_pack_backbones, s
 from .features import encode_folder, encoder_identity
 from .loop import TrainResult, train_prompts
 from .methods.registry import get_method
-from .methods.zero_shot import ZERO_SHOT
 from .metrics import InstanceScoring, evaluate
 
 __all__ = ["pick_device", "train_pack", "model_from_pack", "evaluate_pack"]
